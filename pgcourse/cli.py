@@ -1,0 +1,200 @@
+"""Command line: `python -m pgcourse db start|stop|status|reset|url|psql|provision|...`, `lab`, `execute`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+from urllib.parse import urlsplit
+
+from . import envfile, provision, target
+from .errors import CourseError
+from .preflight import check_database
+from .server import ROOT, Cluster
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _external_guard() -> bool:
+    values = envfile.read(target.env_path())
+    if values.get("COURSE_SERVER") == "external":
+        print("The course uses your own server (COURSE_SERVER=external in .env), so the bundled server"
+              " is not used. `python -m pgcourse db use-bundled` switches back.")
+        return True
+    return False
+
+
+def cmd_start(args) -> None:
+    if _external_guard():
+        return
+    started = time.perf_counter()
+    cluster = Cluster()
+    was_running = cluster.status().running
+    status = cluster.start()
+    verb = "was already running" if was_running else f"started in {time.perf_counter() - started:.2f} s"
+    print(f"The course server {verb}: 127.0.0.1:{status.port}, runs as {status.run_as}.")
+    print(f"DATABASE_URL is in {cluster.env_path} (`make db-url` shows it).")
+
+
+def cmd_stop(args) -> None:
+    if _external_guard():
+        return
+    print("Stopped the course server." if Cluster().stop() else "The course server was not running.")
+
+
+def cmd_status(args) -> None:
+    values = envfile.read(target.env_path())
+    if values.get("COURSE_SERVER") != "external":
+        print(Cluster().status())
+    url = values.get("DATABASE_URL")
+    print(f"DATABASE_URL  {mask(url) if url else '(not set: run `make db-start`)'}")
+    if url:
+        try:
+            print(check_database(url))
+        except CourseError as exc:
+            print(exc.text)
+            sys.exit(1)
+
+
+def cmd_reset(args) -> None:
+    tgt = target.load(start=False)
+    started = time.perf_counter()
+    ended = provision.clone(tgt.admin, provision.COURSE_DB)
+    print(f"Recreated the database {provision.COURSE_DB!r} from {provision.TEMPLATE_DB!r}"
+          f" in {time.perf_counter() - started:.2f} s.")
+    if ended:
+        print(f"Ended {len(ended)} session(s) that were connected to it:")
+        for session in ended:
+            print(f"  {session}")
+        print("Notebooks that were connected must reconnect: rerun them from the top.")
+    else:
+        print("No session was connected to it.")
+
+
+def cmd_url(args) -> None:
+    url = envfile.read(target.env_path()).get("DATABASE_URL")
+    if not url:
+        raise CourseError("There is no DATABASE_URL yet.", "run `make db-start`")
+    print(url if args.reveal else mask(url))
+    if not args.reveal:
+        print("(password hidden; `python -m pgcourse db url --reveal` prints it)", file=sys.stderr)
+
+
+def cmd_psql(args) -> None:
+    tgt = target.load(start=False, say=lambda *a: None)
+    binaries = tgt.cluster.binaries if tgt.cluster else None
+    psql = binaries["psql"] if binaries else "psql"
+    conninfo = tgt.admin.conninfo if args.admin else tgt.database_url
+    os.execvp(psql, [psql, conninfo, *args.extra])
+
+
+def cmd_provision(args) -> None:
+    admin = provision.Admin(args.url)
+    learner, limited = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    provision.provision(admin, learner, limited, scale=args.scale, rebuild=args.rebuild)
+    with admin.connect() as conn:
+        info = conn.info
+        host, port = info.host, info.port
+    if host.startswith("/"):
+        raise CourseError("That URL reaches the server over a unix socket; the course connects over TCP.",
+                          "give a URL with a host name, e.g. postgresql://postgres:...@localhost:5432/postgres")
+    envfile.write(target.env_path(), {
+        "DATABASE_URL": provision.learner_url(host, port, learner),
+        "LIMITED_DATABASE_URL": provision.learner_url(host, port, limited, user=provision.LIMITED),
+        "COURSE_ADMIN_URL": args.url,
+    }, server="external")
+    print(f"Provisioned the course on {host}:{port}. .env now points the course at that server"
+          " (it also keeps the admin URL for `make db-reset` and `make test`).")
+    print("`python -m pgcourse db use-bundled` switches back to the bundled server.")
+
+
+def cmd_use_bundled(args) -> None:
+    path = target.env_path()
+    if envfile.read(path).get("COURSE_SERVER") == "external":
+        path.unlink()
+    Cluster().start()
+    print("The course uses the bundled server again.")
+
+
+def cmd_destroy(args) -> None:
+    if not args.yes:
+        raise CourseError("This deletes the bundled server's data directory and every change you made.",
+                          "run `python -m pgcourse db destroy --yes` if that is what you want")
+    cluster = Cluster()
+    cluster.destroy()
+    if envfile.read(cluster.env_path).get("COURSE_SERVER") == "bundled":
+        cluster.env_path.unlink()
+    print(f"Deleted {cluster.state}. `make db-start` creates a new server.")
+
+
+def cmd_lab(args) -> None:
+    tgt = target.load()
+    os.environ.update(tgt.environment())
+    jupyter = os.path.join(os.path.dirname(sys.executable), "jupyter")
+    extra = ["--no-browser"] if args.no_browser or os.environ.get("CI") else []
+    print(f"Starting JupyterLab with DATABASE_URL={mask(tgt.database_url)}")
+    os.chdir(ROOT)
+    os.execv(jupyter, [jupyter, "lab", *extra, *args.extra])
+
+
+def cmd_execute(args) -> None:
+    from .notebooks import execute_in_place
+
+    for path in args.notebooks:
+        seconds = execute_in_place(path)
+        print(f"executed {path} in {seconds:.1f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pgcourse", description=__doc__)
+    top = parser.add_subparsers(dest="command", required=True)
+    db = top.add_parser("db", help="the course's PostgreSQL server").add_subparsers(dest="action", required=True)
+    db.add_parser("start", help="start the bundled server (create it on first start)").set_defaults(func=cmd_start)
+    db.add_parser("stop", help="stop the bundled server").set_defaults(func=cmd_stop)
+    db.add_parser("status", help="is it running, where, and does DATABASE_URL work").set_defaults(func=cmd_status)
+    db.add_parser("reset", help="recreate the course database from the template").set_defaults(func=cmd_reset)
+    url = db.add_parser("url", help="print DATABASE_URL (password hidden)")
+    url.add_argument("--reveal", action="store_true", help="print the password too")
+    url.set_defaults(func=cmd_url)
+    psql = db.add_parser("psql", help="open psql as the learner (or --admin)")
+    psql.add_argument("--admin", action="store_true", help="connect as the admin role over the unix socket")
+    psql.set_defaults(func=cmd_psql)
+    prov = db.add_parser("provision", help="set the course up on your own server, given a superuser URL")
+    prov.add_argument("url")
+    prov.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    prov.add_argument("--rebuild", action="store_true", help="reload the sample data even if present")
+    prov.set_defaults(func=cmd_provision)
+    db.add_parser("use-bundled", help="switch back from your own server").set_defaults(func=cmd_use_bundled)
+    destroy = db.add_parser("destroy", help="stop the bundled server and delete its data")
+    destroy.add_argument("--yes", action="store_true")
+    destroy.set_defaults(func=cmd_destroy)
+    lab = top.add_parser("lab", help="start the server and JupyterLab with DATABASE_URL set")
+    lab.add_argument("--no-browser", action="store_true")
+    lab.set_defaults(func=cmd_lab)
+    execute = top.add_parser("execute", help="re-execute notebooks in place against a fresh database")
+    execute.add_argument("notebooks", nargs="+")
+    execute.set_defaults(func=cmd_execute)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.func not in (cmd_psql, cmd_lab):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        args.func(args)
+    except CourseError as exc:
+        print(exc.text, file=sys.stderr)
+        return 1
+    return 0
