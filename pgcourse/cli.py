@@ -147,10 +147,16 @@ def cmd_lab(args) -> None:
 
 
 def cmd_execute(args) -> None:
+    from nbclient.exceptions import CellExecutionError
+
     from .notebooks import execute_in_place
 
     for path in args.notebooks:
-        seconds = execute_in_place(path)
+        try:
+            seconds = execute_in_place(path)
+        except CellExecutionError as exc:
+            raise CourseError(f"{path} stopped at a cell that raised an error (left unchanged):\n{exc}",
+                              "fix the cell, or tag it raises-exception if it is meant to fail") from None
         print(f"executed {path} in {seconds:.1f} s")
 
 

@@ -27,7 +27,10 @@ class Target:
         url, limited = self.database_url, self.limited_url
         if dbname:
             url, limited = provision.with_dbname(url, dbname), provision.with_dbname(limited, dbname)
-        return {"DATABASE_URL": url, "LIMITED_DATABASE_URL": limited}
+        env = {"DATABASE_URL": url, "LIMITED_DATABASE_URL": limited}
+        if self.cluster is not None:  # the bundled psql first on PATH, for `!psql` in a cell
+            env["PATH"] = f"{self.cluster.binaries.bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+        return env
 
 
 def env_path(root: Path = ROOT) -> Path:

@@ -1,0 +1,71 @@
+# Postgres from Python: every entry point of the course. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NB     ?= notebooks/*.ipynb solutions/*.ipynb
+PG15   ?= /usr/lib/postgresql/15/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help venv lab test test-pg15 execute lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "The course needs Python 3.11 or later; run make with PYTHON=python3.11 (or newer).")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "Could not create $(VENV): install your Python's venv module (Debian/Ubuntu: apt install python3-venv)."; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the pinned requirements (done by every target that needs it)
+
+lab: $(STAMP) ## start the course server and JupyterLab, with DATABASE_URL set
+	$(PY) -m pgcourse lab
+
+test: $(STAMP) ## run every test and every notebook against the bundled server (starts it if needed)
+	$(PY) -m pytest
+
+test-pg15: $(STAMP) ## run the notebooks on Debian's PostgreSQL 15 (nbval lax: errors only, no output comparison)
+	PGCOURSE_BINDIR=$(PG15) PGCOURSE_STATE=.pgdata-pg15 PGCOURSE_ENV=.env-pg15 $(PY) -m pytest --nbval-lax notebooks solutions
+
+execute: $(STAMP) ## re-execute notebooks in place against a fresh database (NB=path to pick some)
+	$(PY) -m pgcourse execute $(NB)
+
+lint: $(STAMP) ## ruff on the package, tests and notebooks
+	$(PY) -m ruff check pgcourse tests
+	$(PY) -m nbqa ruff notebooks
+
+lock: $(STAMP) ## regenerate requirements.txt from requirements.in (pins every package)
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --quiet
+
+db-start: $(STAMP) ## start the bundled server (creates it and loads the data on first start)
+	@$(PY) -m pgcourse db start
+
+db-stop: $(STAMP) ## stop the bundled server
+	@$(PY) -m pgcourse db stop
+
+db-status: $(STAMP) ## is the server running, where, and does DATABASE_URL work
+	@$(PY) -m pgcourse db status
+
+db-reset: $(STAMP) ## recreate the course database from the pristine template (ends its sessions)
+	@$(PY) -m pgcourse db reset
+
+db-url: $(STAMP) ## print DATABASE_URL (password hidden)
+	@$(PY) -m pgcourse db url
+
+db-psql: $(STAMP) ## open psql as the learner
+	@$(PY) -m pgcourse db psql
+
+db-provision: $(STAMP) ## set the course up on your own server: make db-provision URL=postgresql://superuser:...@host/db
+	@test -n "$(URL)" || { echo "Give the URL of a superuser on your server: make db-provision URL=postgresql://..."; exit 1; }
+	@$(PY) -m pgcourse db provision "$(URL)"
+
+db-destroy: $(STAMP) ## stop the bundled server and delete its data (asks for --yes)
+	@$(PY) -m pgcourse db destroy
+
+clean: ## remove .venv and caches (keeps the server's data; see db-destroy)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Exercise checks, one module per lesson (from lesson 01 on)."""
