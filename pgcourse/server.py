@@ -234,6 +234,9 @@ class Cluster:
         fresh = not self.initialized
         if fresh:
             started = time.perf_counter()
+            if not self.state.is_relative_to(self.base):
+                self.say(f"The user {self.user.pw_name!r} cannot reach {self.base}, so the server's data"
+                         f" lives in {self.state} instead.")
             self.say(f"First start: creating a PostgreSQL {self.binaries.version} cluster in {self.data} ...")
             self.init()
         self._check_version()
