@@ -7,7 +7,7 @@ NB     ?= notebooks/*.ipynb solutions/*.ipynb
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab test test-pg15 execute lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
+.PHONY: help venv lab test test-pg15 execute nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -34,9 +34,11 @@ test-pg15: $(STAMP) ## run the notebooks on Debian's PostgreSQL 15 (nbval lax: e
 execute: $(STAMP) ## re-execute notebooks in place against a fresh database (NB=path to pick some)
 	$(PY) -m pgcourse execute $(NB)
 
+nav: $(STAMP) ## regenerate the previous / contents / next cell of every lesson
+	$(PY) -c 'from pgcourse.authoring import lessons, write_nav; [print("updated", p.name) for p in lessons() if write_nav(p)]'
+
 lint: $(STAMP) ## ruff on the package, tests and notebooks
-	$(PY) -m ruff check pgcourse tests
-	$(PY) -m nbqa ruff notebooks
+	$(PY) -m ruff check pgcourse tests notebooks solutions exercises
 
 lock: $(STAMP) ## regenerate requirements.txt from requirements.in (pins every package)
 	$(PY) -m pip install --quiet uv

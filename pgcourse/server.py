@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import psutil
+import psycopg
 
 from . import envfile, osuser, provision
 from .binaries import Binaries, copy_embedded, find_binaries

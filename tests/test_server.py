@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 import psutil
+import psycopg
 import pytest
 
 from pgcourse import envfile, osuser, provision, target
@@ -75,7 +75,7 @@ def learner_url(c: Cluster) -> str:
 
 def test_first_start_makes_roles_data_and_env(cluster):
     url = learner_url(cluster)
-    assert url.startswith(f"postgresql://learner:") and url.endswith(f"@127.0.0.1:{cluster.port}/course")
+    assert url.startswith("postgresql://learner:") and url.endswith(f"@127.0.0.1:{cluster.port}/course")
     assert cluster.env_path.stat().st_mode & 0o777 == 0o600
     with psycopg.connect(url) as conn:
         user, superuser = conn.execute(
