@@ -141,6 +141,8 @@ def cmd_lab(args) -> None:
     os.environ.update(tgt.environment())
     jupyter = os.path.join(os.path.dirname(sys.executable), "jupyter")
     extra = ["--no-browser"] if args.no_browser or os.environ.get("CI") else []
+    if os.geteuid() == 0:  # JupyterLab refuses root without it (containers, CI)
+        extra.append("--allow-root")
     print(f"Starting JupyterLab with DATABASE_URL={mask(tgt.database_url)}")
     os.chdir(ROOT)
     os.execv(jupyter, [jupyter, "lab", *extra, *args.extra])

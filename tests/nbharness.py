@@ -29,6 +29,11 @@ def _target(config: pytest.Config) -> target_module.Target:
     return tgt
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start the course server before any test, so the run knows whether to stop it at the end."""
+    _target(session.config)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     tgt = getattr(config, "_course_target", None)
     if tgt is not None and tgt.started_here and tgt.cluster is not None:

@@ -155,8 +155,9 @@ def test_every_make_target_is_documented_in_help():
 
 
 def test_code_and_notebooks_pass_ruff():
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format=concise", "pgcourse", "tests",
-                             "notebooks", "solutions", "exercises"], capture_output=True, text=True, cwd=ROOT)
+    folders = [f for f in ("pgcourse", "tests", "notebooks", "solutions", "exercises") if (ROOT / f).is_dir()]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format=concise", *folders],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

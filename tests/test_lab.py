@@ -1,0 +1,75 @@
+"""`make lab` serves JupyterLab whose kernels have DATABASE_URL and reach the course server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from jupyter_client import BlockingKernelClient
+
+from pgcourse.server import ROOT
+
+TOKEN = "course-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"token {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else {}
+
+
+def test_lab_kernel_has_database_url_and_connects(tmp_path):
+    port, runtime = free_port(), tmp_path / "runtime"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "DATABASE_URL": "postgresql://stale@elsewhere/db"}
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "pgcourse", "lab", "--no-browser", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                api(port, "GET", "/api/status")
+                break
+            except OSError:
+                assert lab.poll() is None, lab.stdout.read()
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 90 s"
+                time.sleep(0.5)
+        kernel = api(port, "POST", "/api/kernels", {"name": "python3"})
+        client = BlockingKernelClient()
+        client.load_connection_file(str(runtime / f"kernel-{kernel['id']}.json"))
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            printed: list[str] = []
+            hook = lambda msg: printed.append(msg["content"].get("text", ""))  # noqa: E731
+            code = ("import os\nfrom pgcourse.preflight import check_database\n"
+                    "print(os.environ['DATABASE_URL'].split('@')[1])\nprint(check_database(os.environ['DATABASE_URL']))")
+            reply = client.execute_interactive(code, output_hook=hook, timeout=60)
+        finally:
+            client.stop_channels()
+            api(port, "DELETE", f"/api/kernels/{kernel['id']}")
+        assert reply["content"]["status"] == "ok", reply["content"]
+        output = "".join(printed)
+        assert "elsewhere" not in output  # the shell's stale DATABASE_URL did not take over
+        assert output.startswith("127.0.0.1:") and "Connected to PostgreSQL" in output, output
+    finally:
+        lab.terminate()
+        try:
+            lab.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
