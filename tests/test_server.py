@@ -343,6 +343,8 @@ def test_runs_as_an_unprivileged_user():
                 report["user"] = conn.execute("SELECT current_user").fetchone()[0]
             report["owner"] = psutil.Process(status.pid).username()
             report["ended"] = [s.pid for s in c.reset()]
+            report["stopped"] = c.stop() and not c.status().running
+            report["restarted"] = c.start().running and check_database(learner_url(c)).startswith("Connected")
             c.destroy()
         except BaseException as exc:  # report everything to the parent
             report["error"] = repr(exc)
@@ -354,4 +356,4 @@ def test_runs_as_an_unprivileged_user():
         report = json.loads(pipe.read() or "{}")
     os.waitpid(child, 0)
     shutil.rmtree(base, ignore_errors=True)
-    assert report == {"user": "learner", "owner": name, "ended": []}
+    assert report == {"user": "learner", "owner": name, "ended": [], "stopped": True, "restarted": True}
