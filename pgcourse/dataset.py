@@ -24,3 +24,4 @@ def load(conn: psycopg.Connection, scale: float = 1.0) -> None:
             conn.execute("SELECT set_config(%s, %s, true)", (f"course.n_{table}", str(n)))
         conn.execute(sql_dir.joinpath("schema.sql").read_text())
         conn.execute(sql_dir.joinpath("data.sql").read_text())
+        conn.execute(sql_dir.joinpath("constraints.sql").read_text())

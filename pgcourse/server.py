@@ -222,7 +222,7 @@ class Cluster:
         for candidate in range(port + 1, port + 100):
             if _free(candidate):
                 self.say(f"Port {port} is taken by another program, so the course server uses port"
-                         f" {candidate} (DATABASE_URL in .env says so).")
+                         f" {candidate} (DATABASE_URL in {self.env_path.name} says so).")
                 self._write_config(candidate)
                 return candidate
         raise ServerError(f"Ports {port}-{port + 99} are all taken on 127.0.0.1.",
