@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-NB     ?= notebooks/*.ipynb solutions/*.ipynb
+NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab test test-pg15 execute nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
+.PHONY: help venv lab test test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-pg15: $(STAMP) ## run the notebooks on Debian's PostgreSQL 15 (nbval lax: e
 
 execute: $(STAMP) ## re-execute notebooks in place against a fresh database (NB=path to pick some)
 	$(PY) -m pgcourse execute $(NB)
+
+exercises: $(STAMP) ## write exercises/ from solutions/ (answers become stubs); never edit exercises/ by hand
+	$(PY) -c 'from pgcourse.exercises import write_all; [print("wrote", p) for p in write_all()]'
 
 nav: $(STAMP) ## regenerate the previous / contents / next cell of every lesson
 	$(PY) -c 'from pgcourse.authoring import lessons, write_nav; [print("updated", p.name) for p in lessons() if write_nav(p)]'
@@ -66,8 +69,8 @@ db-provision: $(STAMP) ## set the course up on your own server: make db-provisio
 	@test -n "$(URL)" || { echo "Give the URL of a superuser on your server: make db-provision URL=postgresql://..."; exit 1; }
 	@$(PY) -m pgcourse db provision "$(URL)"
 
-db-destroy: $(STAMP) ## stop the bundled server and delete its data (asks for --yes)
-	@$(PY) -m pgcourse db destroy
+db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-destroy YES=1
+	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
 
 clean: ## remove .venv and caches (keeps the server's data; see db-destroy)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Command line: `python -m pgcourse db start|stop|status|reset|url|psql|provision|...`, `lab`, `execute`."""
+"""Command line: `.venv/bin/python -m pgcourse db start|stop|status|reset|url|psql|provision|...`, `lab`, `execute`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .errors import CourseError
 from .preflight import check_database
 from .server import ROOT, Cluster
 
+CLI = ".venv/bin/python -m pgcourse"  # how messages name this command, from the course folder
+
 
 def mask(url: str) -> str:
     """The URL with its password replaced by ***."""
@@ -28,7 +30,7 @@ def _external_guard() -> bool:
     values = envfile.read(target.env_path())
     if values.get("COURSE_SERVER") == "external":
         print("The course uses your own server (COURSE_SERVER=external in .env), so the bundled server"
-              " is not used. `python -m pgcourse db use-bundled` switches back.")
+              f" is not used. `{CLI} db use-bundled` switches back.")
         return True
     return False
 
@@ -38,9 +40,10 @@ def cmd_start(args) -> None:
         return
     started = time.perf_counter()
     cluster = Cluster()
-    was_running = cluster.status().running
+    fresh, was_running = not cluster.initialized, cluster.status().running
     status = cluster.start()
-    verb = "was already running" if was_running else f"started in {time.perf_counter() - started:.2f} s"
+    verb = ("was already running" if was_running else "is running" if fresh
+            else f"started in {time.perf_counter() - started:.2f} s")
     print(f"The course server {verb}: 127.0.0.1:{status.port}, runs as {status.run_as}.")
     print(f"DATABASE_URL is in {cluster.env_path} (`make db-url` shows it).")
 
@@ -53,16 +56,20 @@ def cmd_stop(args) -> None:
 
 def cmd_status(args) -> None:
     values = envfile.read(target.env_path())
+    running = True
     if values.get("COURSE_SERVER") != "external":
-        print(Cluster().status())
+        status = Cluster().status()
+        print(status)
+        running = status.running
     url = values.get("DATABASE_URL")
-    print(f"DATABASE_URL  {mask(url) if url else '(not set: run `make db-start`)'}")
-    if url:
+    print(f"DATABASE_URL  {mask(url) if url else '(not set: `make db-start` writes it)'}")
+    if not running:
+        print("The server is stopped: `make db-start` starts it.")
+    elif url:
         try:
             print(check_database(url))
         except CourseError as exc:
-            print(exc.text)
-            sys.exit(1)
+            print(f"DATABASE_URL does not connect: {exc.message}\nFix: run `make db-start` (it repairs .env).")
 
 
 def cmd_reset(args) -> None:
@@ -86,7 +93,7 @@ def cmd_url(args) -> None:
         raise CourseError("There is no DATABASE_URL yet.", "run `make db-start`")
     print(url if args.reveal else mask(url))
     if not args.reveal:
-        print("(password hidden; `python -m pgcourse db url --reveal` prints it)", file=sys.stderr)
+        print(f"(password hidden; `{CLI} db url --reveal` prints it)", file=sys.stderr)
 
 
 def cmd_psql(args) -> None:
@@ -114,7 +121,7 @@ def cmd_provision(args) -> None:
     }, server="external")
     print(f"Provisioned the course on {host}:{port}. .env now points the course at that server"
           " (it also keeps the admin URL for `make db-reset` and `make test`).")
-    print("`python -m pgcourse db use-bundled` switches back to the bundled server.")
+    print(f"`{CLI} db use-bundled` switches back to the bundled server.")
 
 
 def cmd_use_bundled(args) -> None:
@@ -128,7 +135,7 @@ def cmd_use_bundled(args) -> None:
 def cmd_destroy(args) -> None:
     if not args.yes:
         raise CourseError("This deletes the bundled server's data directory and every change you made.",
-                          "run `python -m pgcourse db destroy --yes` if that is what you want")
+                          "run `make db-destroy YES=1` if that is what you want")
     cluster = Cluster()
     cluster.destroy()
     if envfile.read(cluster.env_path).get("COURSE_SERVER") == "bundled":

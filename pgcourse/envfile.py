@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-HEADER = ("# The course's connection settings, written by `python -m pgcourse db ...`.\n"
+HEADER = ("# The course's connection settings, written by `.venv/bin/python -m pgcourse db ...`.\n"
           "# Git-ignored: it holds passwords. Delete it and run `make db-start` to get new ones.\n")
 
 

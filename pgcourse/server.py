@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psutil
 import psycopg
@@ -31,8 +32,9 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
 def _free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:port."""
+    """True if nothing listens on 127.0.0.1:port (closed connections lingering in TIME_WAIT don't count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as PostgreSQL itself binds
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -186,7 +188,7 @@ class Cluster:
                 f"The data directory {self.data} was made by PostgreSQL {data_major}, but the binaries"
                 f" ({self.binaries.bindir}) are PostgreSQL {self.binaries.major}.",
                 f"point PGCOURSE_BINDIR at PostgreSQL {data_major} binaries, or run `make db-destroy`"
-                " to delete the course data and start afresh")
+                " YES=1 to delete the course data and start afresh")
 
     def _running_pid(self) -> int | None:
         """The postmaster's pid if one is running on our data directory; clears a stale pid file."""
@@ -222,7 +224,8 @@ class Cluster:
         for candidate in range(port + 1, port + 100):
             if _free(candidate):
                 self.say(f"Port {port} is taken by another program, so the course server uses port"
-                         f" {candidate} (DATABASE_URL in {self.env_path.name} says so).")
+                         f" {candidate} (DATABASE_URL in {self.env_path.name} says so; restart JupyterLab"
+                         " with `make lab` if it is running, so that notebooks get the new port).")
                 self._write_config(candidate)
                 return candidate
         raise ServerError(f"Ports {port}-{port + 99} are all taken on 127.0.0.1.",
@@ -277,12 +280,16 @@ class Cluster:
         }, server="bundled")
 
     def _ensure_env(self) -> None:
-        """Keep .env in step with the server: same port, passwords that work."""
+        """Keep .env in step with the server: its port, and passwords that work (kept when they do)."""
         values = envfile.read(self.env_path)
-        url = values.get("DATABASE_URL")
-        if values.get("COURSE_SERVER") == "bundled" and url and f"@127.0.0.1:{self.port}/" in url:
+        if values.get("COURSE_SERVER") == "bundled" and values.get("DATABASE_URL"):
+            learner = unquote(urlsplit(values["DATABASE_URL"]).password or "")
+            limited = unquote(urlsplit(values.get("LIMITED_DATABASE_URL", "")).password or "")
+            url = provision.learner_url("127.0.0.1", self.port, learner)
             try:
                 psycopg.connect(url, connect_timeout=5).close()
+                if url != values["DATABASE_URL"] and limited:
+                    self._write_env(learner, limited)
                 return
             except psycopg.OperationalError:
                 pass

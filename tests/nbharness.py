@@ -18,6 +18,7 @@ from pgcourse import target as target_module
 from pgcourse.notebooks import KERNEL_VARIABLES, clone_name, sessions_in
 
 DELIBERATE_FAILURE = "raises-exception"
+CHECK = "check"
 LEAK_WAIT = 2.0
 
 
@@ -61,10 +62,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     result = yield
-    if isinstance(item, IPyNbCell) and DELIBERATE_FAILURE in item.cell.metadata.get("tags", []):
-        if not any(out.get("output_type") == "error" for out in item.test_outputs or []):
-            pytest.fail(f"Cell {item.cell_num} is tagged {DELIBERATE_FAILURE!r} (a deliberate failure)"
-                        " but raised no error: the failure it demonstrates no longer happens.", pytrace=False)
+    tags = item.cell.metadata.get("tags", []) if isinstance(item, IPyNbCell) else []
+    errors = [out for out in (getattr(item, "test_outputs", None) or []) if out.get("output_type") == "error"]
+    if DELIBERATE_FAILURE in tags and not errors:
+        pytest.fail(f"Cell {item.cell_num} is tagged {DELIBERATE_FAILURE!r} (a deliberate failure)"
+                    " but raised no error: the failure it demonstrates no longer happens.", pytrace=False)
+    if CHECK in tags and item.path.parent.name == "exercises" and [e.get("ename") for e in errors] != ["NotDone"]:
+        got = ", ".join(f"{e.get('ename')}: {e.get('evalue')}" for e in errors) or "no error at all"
+        pytest.fail(f"Check cell {item.cell_num} of an exercises notebook must raise NotDone on the stub;"
+                    f" it gave {got}.", pytrace=False)
     return result
 
 

@@ -22,16 +22,18 @@ CROSS JOIN LATERAL (SELECT (ARRAY['Allen','Backus','Cerf','Dijkstra','Engelbart'
         'Hamilton','Hopper','Iverson','Kay','Knuth','Lamport','Liskov','McCarthy','Perlman','Ritchie',
         'Stonebraker','Thompson','Wirth'])[1 + pg_temp.h(i, 2) % 20] AS v) AS l;
 
+-- A product's category follows from its noun: a Kettle is kitchen, a Lamp is home.
 INSERT INTO products (id, sku, name, category, price, stock)
 SELECT i,
        'SKU-' || lpad(i::text, 5, '0'),
        (ARRAY['Small','Large','Classic','Eco','Pro','Mini','Deluxe','Smart'])[1 + pg_temp.h(i, 11) % 8] || ' '
-       || (ARRAY['Kettle','Lamp','Backpack','Notebook','Mug','Headphones','Chair','Blender','Umbrella',
-                 'Keyboard'])[1 + pg_temp.h(i, 12) % 10],
-       (ARRAY['kitchen','home','travel','office','audio','garden','sports','toys'])[1 + pg_temp.h(i, 13) % 8],
+       || (ARRAY['Kettle','Mug','Blender','Lamp','Chair','Backpack','Umbrella','Notebook','Keyboard',
+                 'Headphones'])[n],
+       (ARRAY['kitchen','kitchen','kitchen','home','home','travel','travel','office','office','audio'])[n],
        (100 + pg_temp.h(i, 14) % 49900) / 100.0,
        pg_temp.h(i, 15) % 500
-FROM generate_series(1, current_setting('course.n_products')::int) AS i;
+FROM generate_series(1, current_setting('course.n_products')::int) AS i
+CROSS JOIN LATERAL (SELECT 1 + (pg_temp.h(i, 12) % 10)::int AS n) AS noun;
 
 INSERT INTO orders (id, customer_id, status, created_at)
 SELECT i,
