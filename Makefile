@@ -37,8 +37,8 @@ execute: $(STAMP) ## re-execute notebooks in place against a fresh database (NB=
 exercises: $(STAMP) ## write exercises/ from solutions/ (answers become stubs); never edit exercises/ by hand
 	$(PY) -c 'from pgcourse.exercises import write_all; [print("wrote", p) for p in write_all()]'
 
-nav: $(STAMP) ## regenerate the previous / contents / next cell of every lesson
-	$(PY) -c 'from pgcourse.authoring import lessons, write_nav; [print("updated", p.name) for p in lessons() if write_nav(p)]'
+nav: $(STAMP) ## regenerate the previous / contents / next cell of every lesson and exercises notebook
+	$(PY) -c 'from pgcourse.authoring import SOLUTIONS, lessons, write_nav; [print("updated", p.name) for p in [*lessons(), *sorted(SOLUTIONS.glob("*.ipynb"))] if write_nav(p)]'
 
 lint: $(STAMP) ## ruff on the package, tests and notebooks
 	$(PY) -m ruff check pgcourse tests $(wildcard notebooks solutions exercises)

@@ -10,6 +10,7 @@ import nbformat
 from .server import ROOT
 
 NAV_TAG = "navigation"
+SOLUTIONS = ROOT / "solutions"
 LESSON_NAME = re.compile(r"^(\d\d[a-z]?)_[a-z0-9_]+\.ipynb$")
 
 
@@ -38,10 +39,18 @@ def nav_source(path: Path) -> str:
     return " | ".join(parts)
 
 
+def next_source(exercises: Path) -> str:
+    """The closing cell of an exercises notebook: the next lesson, or the lesson list until it exists."""
+    later = [p for p in lessons(exercises.parent.parent / "notebooks") if p.name[:2] > exercises.name[:2]]
+    if later:
+        return f"## Next\n\nDone? Go on to [{title(later[0])}](../notebooks/{later[0].name})."
+    return "## Next\n\nDone? The next lesson is on its way: see [the lessons](../README.md#the-lessons)."
+
+
 def write_nav(path: Path) -> bool:
     """Make the notebook's last cell the generated navigation; return whether it changed."""
     nb = nbformat.read(path, as_version=4)
-    source = nav_source(path)
+    source = next_source(path) if path.parent.name == "solutions" else nav_source(path)
     last = nb.cells[-1]
     if last.cell_type == "markdown" and NAV_TAG in last.metadata.get("tags", []):
         if last.source == source:

@@ -13,17 +13,9 @@ from psycopg import ClientCursor
 from psycopg.rows import class_row, dict_row
 from sqlalchemy import text
 
-from pgcourse import target
 from pgcourse.checks import CheckFailed, NotDone, drivers
-from pgcourse.notebooks import fresh_database
 
-
-@pytest.fixture(scope="module", autouse=True)
-def database():
-    tgt = target.load(say=lambda *_: None)
-    with fresh_database(tgt, "checks_drivers") as name, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATABASE_URL", tgt.environment(name)["DATABASE_URL"])
-        yield
+pytestmark = pytest.mark.usefixtures("checks_database")
 
 
 def stub(*args):
