@@ -14,7 +14,7 @@ import nbformat
 from . import provision
 from .target import Target
 
-KERNEL_VARIABLES = ("DATABASE_URL", "LIMITED_DATABASE_URL", "PATH")
+KERNEL_VARIABLES = ("DATABASE_URL", "LIMITED_DATABASE_URL", "PATH", "COURSE_SOCKET_DIR")
 
 
 def clone_name(label: str) -> str:

@@ -30,6 +30,7 @@ class Target:
         env = {"DATABASE_URL": url, "LIMITED_DATABASE_URL": limited}
         if self.cluster is not None:  # the bundled psql first on PATH, for `!psql` in a cell
             env["PATH"] = f"{self.cluster.binaries.bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+            env["COURSE_SOCKET_DIR"] = str(self.cluster.socket_dir)  # lesson 03 compares socket and TCP
         return env
 
 
