@@ -78,6 +78,13 @@ def test_committed_run_is_clean_top_to_bottom(path):
     assert nb.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "exercises" not in p.parts], ids=lambda p: p.name)
+def test_no_warning_leaks_into_committed_outputs(path):
+    for i, cell in enumerate(code_cells(read(path))):
+        leaked = [out.text for out in cell.outputs if out.get("name") == "stderr"]
+        assert not leaked, f"code cell {i} printed to stderr (a warning or a log line): {leaked[0][:200]!r}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_cell_is_skipped_and_ignored_output_says_why(path):
     for cell in code_cells(read(path)):
