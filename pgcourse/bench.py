@@ -1,4 +1,4 @@
-"""Timing helpers for the lessons' measurements: interleaved samples, medians, formatted figures.
+"""Measurement helpers for the lessons: interleaved timings, rows/s, peak memory of a subprocess.
 
 Every figure a lesson prints carries its unit (µs, ms, s, ×, rows/s), so the sanitize file can
 recognise it; the lesson asserts on the returned numbers, never on printed text.
@@ -14,10 +14,12 @@ from collections.abc import Callable
 import pandas as pd
 
 
-async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress: bool = True) -> pd.DataFrame:
+async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress: bool = True,
+                  rows: int | None = None) -> pd.DataFrame:
     """Time each contender `repeat` times, interleaved so drift hits all alike; contenders may be async.
 
-    Returns one row per contender: median and min seconds per call, and the samples.
+    Returns one row per contender: median and min seconds per call, the samples, and with `rows`
+    (rows handled per call) the median rows per second.
     """
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     rounds = range(repeat)
@@ -32,11 +34,66 @@ async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress:
             if inspect.isawaitable(result):
                 await result
             samples[name].append(time.perf_counter() - started)
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "median_s": {n: statistics.median(s) for n, s in samples.items()},
         "min_s": {n: min(s) for n, s in samples.items()},
         "samples": samples,
     })
+    if rows is not None:
+        frame["rows_per_s"] = rows / frame["median_s"]
+    return frame
+
+
+MEASURE_MARK = "__pgcourse_measure__"
+CHILD = """
+import json, os, resource, sys, time
+
+def _peak_mb():
+    try:  # Linux: the high-water mark of this process's resident set
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
+    except OSError:  # macOS reports bytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+{setup}
+_baseline = _peak_mb()
+try:  # Linux: reset the high-water mark, so that setup (imports, connecting) does not count
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    _baseline = _peak_mb()
+except OSError:
+    pass
+_started = time.perf_counter()
+{body}
+_seconds = time.perf_counter() - _started
+print({mark!r}, json.dumps({{"baseline_mb": _baseline, "peak_mb": _peak_mb(), "seconds": _seconds}}))
+"""
+
+
+def measure_in_subprocess(body: str, *, setup: str = "", env: dict[str, str] | None = None,
+                          timeout: float = 300) -> dict:
+    """Run Python code in a fresh interpreter of this environment and measure its memory and time.
+
+    `setup` runs first (imports, connecting) and is not measured; `body` is. Returns peak_mb (peak
+    resident set of the process), baseline_mb (after setup), growth_mb, seconds (of body) and stdout.
+    tracemalloc cannot see memory that C libraries such as libpq allocate; the resident set can.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = CHILD.format(setup=textwrap.dedent(setup), body=textwrap.dedent(body), mark=MEASURE_MARK)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"the measured code failed:\n{result.stderr.strip()[-2000:]}")
+    lines = result.stdout.splitlines()
+    figures = json.loads(next(line for line in reversed(lines) if line.startswith(MEASURE_MARK)).split(" ", 1)[1])
+    figures["growth_mb"] = figures["peak_mb"] - figures["baseline_mb"]
+    figures["stdout"] = "\n".join(line for line in lines if not line.startswith(MEASURE_MARK))
+    return figures
 
 
 def duration(seconds: float) -> str:
