@@ -15,11 +15,12 @@ import pandas as pd
 
 
 async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress: bool = True,
-                  rows: int | None = None) -> pd.DataFrame:
+                  rows: int | None = None, before: Callable | None = None) -> pd.DataFrame:
     """Time each contender `repeat` times, interleaved so drift hits all alike; contenders may be async.
 
-    Returns one row per contender: median and min seconds per call, the samples, and with `rows`
-    (rows handled per call) the median rows per second.
+    `before` (untimed) runs before every sample, e.g. to empty the table a load fills. Returns one row
+    per contender: median and min seconds per call, the samples, and with `rows` (rows handled per
+    call) the median rows per second.
     """
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     rounds = range(repeat)
@@ -29,6 +30,10 @@ async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress:
         rounds = tqdm(rounds, desc="measuring", total=repeat)
     for _ in rounds:
         for name, fn in contenders.items():
+            if before is not None:
+                prepared = before()
+                if inspect.isawaitable(prepared):
+                    await prepared
             started = time.perf_counter()
             result = fn()
             if inspect.isawaitable(result):

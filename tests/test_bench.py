@@ -24,6 +24,19 @@ def test_compare_interleaves_contenders_and_reports_rows_per_second():
     assert all(len(samples) == 3 for samples in frame["samples"])
 
 
+def test_compare_runs_before_untimed_ahead_of_every_sample():
+    calls: list[str] = []
+
+    async def slow_reset():
+        calls.append("reset")
+        await asyncio.sleep(0.2)
+
+    frame = asyncio.run(bench.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=2,
+                                      progress=False, before=slow_reset))
+    assert calls == ["reset", "a", "reset", "b"] * 2
+    assert (frame["median_s"] < 0.1).all()  # the reset's sleep is not timed
+
+
 def test_figures_carry_units_the_sanitizer_knows():
     assert bench.duration(0.0000123) == "12.3 µs" and bench.duration(0.0456) == "45.6 ms"
     assert bench.duration(2.5) == "2.50 s" and bench.ratio(1.456) == "1.46×" and bench.ratio(854.2) == "854×"
