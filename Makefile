@@ -7,7 +7,7 @@ NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab test test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy clean
+.PHONY: help venv lab test test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -71,6 +71,14 @@ db-provision: $(STAMP) ## set the course up on your own server: make db-provisio
 
 db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-destroy YES=1
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
+
+docker-up: ## run the course in Docker: PostgreSQL 18 and JupyterLab on http://127.0.0.1:8888 (needs Docker Compose)
+	@sh docker/new-env.sh
+	LAB_UID=$$(id -u) docker compose --env-file docker/.env -f docker/compose.yaml up --build --detach
+	@echo "JupyterLab: http://127.0.0.1:8888/lab?token=$$(sed -n 's/^JUPYTER_TOKEN=//p' docker/.env)"
+
+docker-down: ## stop the Docker set-up (its database stays in a Docker volume for next time)
+	docker compose --env-file docker/.env -f docker/compose.yaml down
 
 clean: ## remove .venv and caches (keeps the server's data; see db-destroy)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
