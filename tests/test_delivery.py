@@ -197,11 +197,12 @@ def test_db_is_the_official_image_of_the_bundled_major_with_a_healthcheck(docker
     image = re.fullmatch(r"postgres:(\d+)\.(\d+)", db["image"])
     assert image, f"pin the official image to a minor release (postgres:MAJOR.MINOR), not {db['image']!r}"
     assert int(image.group(1)) == find_binaries().major, "the db service runs the bundled server's major version"
-    assert db["volumes"][0].endswith(":/var/lib/postgresql"), "from 18 on, the image keeps its data below /var/lib/postgresql"
+    assert db["volumes"][0].endswith(":/var/lib/postgresql"), "from 18 on, the image keeps its data below there"
     assert "pg_isready" in db["healthcheck"]["test"]
     command = db["command"]
     assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
-    assert "--no-locale" in shlex.split(db["environment"]["POSTGRES_INITDB_ARGS"]), "the bundled server uses the C locale"
+    initdb = shlex.split(db["environment"]["POSTGRES_INITDB_ARGS"])
+    assert "--no-locale" in initdb, "the bundled server's cluster has the C locale"
 
 
 def test_lab_runs_after_db_is_healthy_and_init_has_finished_with_database_url_at_db(docker_env):
@@ -351,7 +352,7 @@ def test_db_and_init_services_give_the_lab_what_the_bundled_server_gives(docker_
     assert init.returncode == 0, init.stdout + init.stderr
     assert "DATABASE_URL: Connected to PostgreSQL" in init.stdout and "as learner_limited." in init.stdout
     again = subprocess.run([*course, "init"], env={**env, **lab}, cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0 and "Loading" not in again.stdout, "init keeps what exists (compose runs it at every start)"
+    assert again.returncode == 0 and "Loading" not in again.stdout, "init keeps what exists (it runs at every start)"
 
     with psycopg.connect(lab["DATABASE_URL"]) as conn:
         counts = {table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
@@ -414,12 +415,41 @@ def test_binder_scripts_are_committed_executable_strict_and_start_ends_with_exec
 def binder_python(user: pwd.struct_passwd | None, env: dict[str, str]) -> str | None:
     """An interpreter of our Python version that `user` can run: ours, else the system's."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys._base_executable, shutil.which(f"python{version}", path="/usr/local/bin:/usr/bin:/bin")):
-        if candidate:
-            probe = run_as(user, [candidate, "-c", "import sys; print(*sys.version_info[:2], sep='.')"], env, cwd=Path("/"))
-            if probe.returncode == 0 and probe.stdout.strip() == version:
-                return candidate
+    system = shutil.which(f"python{version}", path="/usr/local/bin:/usr/bin:/bin")
+    for candidate in (sys._base_executable, system):
+        try:
+            probe = run_as(user, [candidate, "-c", "import sys; print(*sys.version_info[:2], sep='.')"], env, Path("/"))
+        except (OSError, TypeError):  # not reachable for that user (pyenv under /root, say), or none found
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
     return None
+
+
+def make_binder_environment(user: pwd.struct_passwd | None, env: dict[str, str], prefix: Path) -> None:
+    """What Binder builds from binder/requirements.txt: a Python environment the user owns, holding the
+    pinned packages (here: a venv that reads ours, which the user cannot write to)."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    if run_as(user, ["test", "-r", site_packages], env, Path("/")).returncode != 0:
+        pytest.skip(f"the unprivileged user {env['USER']!r} cannot read {site_packages}")
+    python = binder_python(user, env)
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that {env['USER']!r} can run"
+                    f" ({sys._base_executable} is out of its reach and the system has none)")
+    made = run_as(user, [python, "-m", "venv", "--without-pip", prefix], env, prefix.parent)
+    assert made.returncode == 0, made.stderr
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = run_as(user, [prefix / "bin" / "python", "-c", where], env, prefix.parent).stdout.strip()
+    (Path(purelib) / "pinned-requirements.pth").write_text(site_packages + "\n")
+
+
+def copy_repository(destination: Path) -> None:
+    """A fresh copy of the repository: the files git tracks, as they are in the work tree, with their modes."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for relative in filter(None, tracked.decode().split("\0")):
+        if (ROOT / relative).is_file():
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / relative, destination / relative)
 
 
 def postgres_runs(pid: int) -> bool:
@@ -434,69 +464,54 @@ def test_binder_post_build_then_start_runs_lesson_00_as_an_unprivileged_user():
     user = osuser.ensure_service_user(BINDER_USER, say=lambda _m: None) if osuser.is_root() else None
     name = user.pw_name if user else osuser.current_user()
     base = open_dir(user, "pgcourse-binder-")
-    course, home, python_env = base / "course", base / "home", base / "env"
+    course, home, prefix = base / "course", base / "home", base / "env"
     env = {"HOME": str(home), "USER": name, "LOGNAME": name, "LANG": "C.UTF-8",
-           "PATH": f"{python_env}/bin:/usr/local/bin:/usr/bin:/bin"}
+           "PATH": f"{prefix}/bin:/usr/local/bin:/usr/bin:/bin"}
     data = course / ".pgdata" / "data"
     try:
-        # Binder's environment: a Python the user owns, with the pinned packages (ours, read-only).
-        site_packages = sysconfig.get_paths()["purelib"]
-        if run_as(user, ["test", "-r", site_packages], env, cwd=Path("/")).returncode != 0:
-            pytest.skip(f"the unprivileged user {name!r} cannot read {site_packages}")
-        python = binder_python(user, env)
-        if python is None:
-            pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that {name!r} can run"
-                        f" ({sys._base_executable} is not reachable and there is no system one)")
+        make_binder_environment(user, env, prefix)
+        copy_repository(course)
         home.mkdir()
-        osuser.chown(home, user)
-        made = run_as(user, [python, "-m", "venv", "--without-pip", python_env], env, cwd=base)
-        assert made.returncode == 0, made.stderr
-        purelib = run_as(user, [python_env / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         env, cwd=base).stdout.strip()
-        (Path(purelib) / "pinned-requirements.pth").write_text(site_packages + "\n")
-
-        # A fresh copy of the repository: the files git tracks, with their modes, owned by the user.
-        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-        for relative in filter(None, tracked.decode().split("\0")):
-            if (ROOT / relative).is_file():
-                (course / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / relative, course / relative)
         osuser.chown(base, user, recursive=True)
 
         # At build time, from the repository's folder.
-        built = run_as(user, [course / "binder" / "postBuild"], env, cwd=course)
+        built = run_as(user, [course / "binder" / "postBuild"], env, course)
         assert built.returncode == 0, built.stdout + built.stderr
         assert "Stopped the course server." in built.stdout and not (data / "postmaster.pid").exists()
-        assert (course / ".venv").resolve() == python_env.resolve()
+        assert (course / ".venv").resolve() == prefix.resolve()
 
         # At launch: the server starts, the variables are exported, then the command runs.
         started = time.perf_counter()
-        shown = run_as(user, [course / "binder" / "start", "env"], env, cwd=course)
+        shown = run_as(user, [course / "binder" / "start", "env"], env, course)
         seconds = time.perf_counter() - started
         assert shown.returncode == 0, shown.stdout + shown.stderr
         exported = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
         assert urlsplit(exported["DATABASE_URL"]).username == provision.LEARNER
         assert urlsplit(exported["LIMITED_DATABASE_URL"]).username == provision.LIMITED
         assert exported["PYTHONPATH"].split(":")[0] == str(course)
-        assert Path(exported["PATH"].split(":")[0], "psql").exists() and Path(exported["COURSE_SOCKET_DIR"]).is_dir()
+        assert Path(exported["PATH"].split(":")[0], "psql").exists()
+        assert Path(exported["COURSE_SOCKET_DIR"]).is_relative_to(course), "the socket lives in the course folder"
+        assert run_as(user, ["test", "-w", "/var/run/postgresql"], env, base).returncode != 0
         assert seconds < 15, f"binder/start took {seconds:.1f} s to start the server"
         pid = int((data / "postmaster.pid").read_text().split()[0])
         assert psutil.Process(pid).username() == name
 
-        lesson = run_as(user, [course / "binder" / "start", "python", "-m", "pytest", "notebooks/00_welcome.ipynb"],
-                        env, cwd=course, timeout=400)
-        assert lesson.returncode == 0 and re.search(r"\b\d+ passed\b", lesson.stdout), lesson.stdout[-3000:] + lesson.stderr
+        nbval = ["python", "-m", "pytest", "notebooks/00_welcome.ipynb"]
+        lesson = run_as(user, [course / "binder" / "start", *nbval], env, course, timeout=400)
+        assert lesson.returncode == 0 and re.search(r"\b\d+ passed\b", lesson.stdout), \
+            lesson.stdout[-3000:] + lesson.stderr
 
-        # Asked to stop (here through make, which Binder's .venv makes work), it stops.
-        stopped = run_as(user, ["make", "db-stop"], env, cwd=course)
-        assert stopped.returncode == 0 and "Stopped the course server." in stopped.stdout, stopped.stdout + stopped.stderr
+        # Asked to stop (here through make, which the .venv that postBuild links makes work), it stops.
+        stopped = run_as(user, ["make", "db-stop"], env, course)
+        assert stopped.returncode == 0 and "Stopped the course server." in stopped.stdout, \
+            stopped.stdout + stopped.stderr
         deadline = time.monotonic() + 10
         while postgres_runs(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not postgres_runs(pid) and not (data / "postmaster.pid").exists()
     finally:
         if (data / "postmaster.pid").exists():  # a failure above left our server running: stop it
-            run_as(user, [find_binaries()["pg_ctl"], "-D", data, "-m", "immediate", "-w", "stop"], env, cwd=base)
+            run_as(user, [find_binaries()["pg_ctl"], "-D", data, "-m", "immediate", "-w", "stop"], env, base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -508,3 +523,4 @@ def test_readme_shows_three_ways_to_run_the_course():
     badge = re.search(r"\(https://mybinder\.org/v2/gh/[^)\s]+\)", section)
     assert badge and "urlpath=lab/tree/notebooks/00_welcome.ipynb" in badge.group(0)
     assert "checked statically" in section
+    assert yaml.safe_load(COMPOSE.read_text())["services"]["db"]["image"] in section, "the README names the image"
