@@ -264,6 +264,12 @@ def test_dockerfile_installs_the_pinned_requirements_and_runs_as_a_non_root_user
     assert json.loads(dict(steps)["CMD"]) == services(docker_env)["lab"]["command"]
 
 
+def test_docker_script_passes_ruff():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format=concise", str(DOCKER)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_make_docker_targets_run_compose_with_the_env_file():
     up = subprocess.run(["make", "-n", "docker-up"], cwd=ROOT, capture_output=True, text=True)
     down = subprocess.run(["make", "-n", "docker-down"], cwd=ROOT, capture_output=True, text=True)
