@@ -403,7 +403,7 @@ def test_binder_installs_the_same_pinned_requirements_and_python():
     assert requirement_lines(BINDER / "requirements.txt") == pinned and all("==" in line for line in pinned)
     assert (BINDER / "runtime.txt").read_text().strip() == f"python-{pinned_python()}"
     # repo2docker runs `pip install -r binder/requirements.txt` from the repository's folder.
-    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet",
+    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
                           "-r", "binder/requirements.txt"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0 and "Would install" not in dry.stdout, dry.stdout + dry.stderr
 
