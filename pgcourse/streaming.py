@@ -65,5 +65,5 @@ def explain(conn, query: str, params: tuple = ()) -> dict:
 
     top = plan["Plan"]
     return {"execution_s": plan["Execution Time"] / 1000,
-            "rows_read": max(n["Actual Rows"] for n in nodes(top)),
+            "rows_read": round(max(n["Actual Rows"] for n in nodes(top))),
             "buffers": top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)}

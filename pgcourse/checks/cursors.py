@@ -197,7 +197,7 @@ def _page(fn, conn, after, size) -> list[tuple]:
     try:
         return [tuple(row) for row in got]
     except TypeError:
-        raise CheckFailed(f"events_page returned {got!r}, not a list of rows.", "return cursor.fetchall()") from None
+        raise CheckFailed(f"Your function returned {got!r}, not a list of rows.", "return cursor.fetchall()") from None
 
 
 def _describe(rows: list[tuple]) -> str:
