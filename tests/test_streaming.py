@@ -15,7 +15,7 @@ def test_measure_strategies_runs_each_size_in_its_own_process_and_keeps_printed_
         "nothing": "pass",
     }
     frame = streaming.measure_strategies(strategies, [10, 2_000_000], setup="import json, os", progress=False)
-    assert list(zip(frame["strategy"], frame["rows"])) == [("list", 10), ("nothing", 10), ("list", 2_000_000),
+    assert list(zip(frame["strategy"], frame["rows"], strict=True)) == [("list", 10), ("nothing", 10), ("list", 2_000_000),
                                                           ("nothing", 2_000_000)]
     growth = frame.set_index(["strategy", "rows"])["growth_mb"]
     assert growth["list", 2_000_000] > 40 > growth["nothing", 2_000_000]  # 2M ints in a list: about 70 MB
