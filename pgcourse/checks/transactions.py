@@ -159,6 +159,21 @@ def transfer(fn) -> None:
     passed(1, "320 concurrent transfers: money conserved, no balance negative, refused ones changed nothing.")
 
 
+def _conflicting_calls(fn, conn: psycopg.Connection) -> list[float] | None:
+    """Run fn with attempts=4 on work that always fails with 40001: when each attempt started, or None if fn returned."""
+    calls: list[float] = []
+
+    def always_conflicts(conn: psycopg.Connection) -> None:
+        calls.append(time.perf_counter())
+        raise psycopg.errors.SerializationFailure("could not serialize access (forced by the check)")
+
+    try:
+        call(2, fn, conn, always_conflicts, 4)
+    except psycopg.errors.SerializationFailure:
+        return calls
+    return None
+
+
 def with_retry(fn) -> None:
     """Exercise 2: fn(conn, work, attempts) runs work(conn) SERIALIZABLE, retrying only 40001, at most `attempts` times."""
     with _exercise_tables() as (connect, admin):
@@ -179,6 +194,11 @@ def with_retry(fn) -> None:
             with ThreadPoolExecutor(6) as threads:
                 list(threads.map(worker, range(6)))
         except psycopg.errors.SerializationFailure:
+            calls = _conflicting_calls(fn, connect())  # retried too fast and gave up, or never retried?
+            if len(calls) > 1 and calls[-1] - calls[0] < 0.005:
+                raise CheckFailed("A serialization failure (40001) escaped from with_retry after retries that came"
+                                  " back to back, with no wait between them.", "sleep a little before each retry,"
+                                  " longer each time (with some randomness), so that the conflict can clear") from None
             raise CheckFailed("A serialization failure (40001) escaped from with_retry.",
                               "catch psycopg.errors.SerializationFailure, roll back (leave the transaction block)"
                               " and run the work again") from None
@@ -190,17 +210,8 @@ def with_retry(fn) -> None:
         if total != 90:
             raise CheckFailed(f"90 increments under contention left the counter at {total}.",
                               "run the work inside one transaction per attempt, and retry until it commits")
-        calls = []
-
-        def always_conflicts(conn: psycopg.Connection) -> None:
-            calls.append(time.perf_counter())
-            raise psycopg.errors.SerializationFailure("could not serialize access (forced by the check)")
-
-        try:
-            call(2, fn, connect(), always_conflicts, 4)
-        except psycopg.errors.SerializationFailure:
-            pass
-        else:
+        calls = _conflicting_calls(fn, connect())
+        if calls is None:
             raise CheckFailed("Work that always failed with 40001 did not make with_retry fail.",
                               "after the last attempt, raise the error instead of returning")
         if len(calls) != 4:
