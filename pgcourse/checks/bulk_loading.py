@@ -178,7 +178,7 @@ def upsert_prices(fn) -> None:
         if _tables(admin) != tables_before:
             raise CheckFailed(f"The import left these tables behind: {sorted(_tables(admin) - tables_before)}.",
                               "stage into a TEMP table (CREATE TEMP TABLE ... ON COMMIT DROP), or drop it afterwards")
-        passed(2, f"{len(final) - PRICE_ROWS} inserted, {30} updated, {len(rejected)} lines rejected")
+        passed(2, f"{len(final) - PRICE_ROWS} inserted, 30 updated, {len(rejected)} lines rejected")
 
 
 def _tables(admin: psycopg.Connection) -> set[str]:
