@@ -49,8 +49,10 @@ def sessions_in(target: Target, dbname: str, wait: float = 0.0) -> list[str]:
 
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop what changes on every run and teaches nothing: timing metadata, widget state."""
+    """Drop what changes on every run and teaches nothing: timing metadata, widget state, and the
+    Python patch release that happened to run it (learners run 3.11 to 3.13)."""
     nb.metadata.pop("widgets", None)
+    nb.metadata.get("language_info", {}).pop("version", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
