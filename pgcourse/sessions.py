@@ -1,13 +1,17 @@
 """Two (or more) sessions side by side: run statements step by step and show the interleaving.
 
 Each session is a psycopg connection with its own worker thread. `run` sends a statement and
-waits up to `block_after` seconds: a statement still waiting then (for a lock) is recorded as
-blocked and keeps running in its thread, so the notebook never hangs; the session's next step
-first waits for it to finish. The timeline shows, step by step, what each session ran and saw.
+waits until it ends or until the server reports it waiting for a lock (`pg_blocking_pids`, read
+by an observer connection): such a statement is recorded as blocked and keeps running in its
+thread, so the notebook never hangs; the session's next step first waits for it to finish.
+Nothing is judged by a timer, so a busy machine changes no step: a statement that is merely slow
+is waited for, and one whose session has a short `lock_timeout` is waited for until the server
+ends it. The timeline shows, step by step, what each session ran and saw.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -29,9 +33,13 @@ class Step:
 class Sessions:
     """Named connections driven step by step; `timeline()` shows what each one did, in order."""
 
-    def __init__(self, url: str, names: tuple[str, ...] = ("A", "B"), *, block_after: float = 0.5):
-        self.block_after = block_after
+    BLOCKED = """SELECT cardinality(pg_blocking_pids(%s)) > 0"""
+
+    def __init__(self, url: str, names: tuple[str, ...] = ("A", "B"), *, patience: float = 60.0):
+        self.patience = patience  # a statement neither done nor waiting for a lock after this: "still running"
         self.names = names
+        # the observer reads the server's view of the sessions; its name keeps it out of 'session %'
+        self.observer = psycopg.connect(make_conninfo(url, application_name="sessions observer"), autocommit=True)
         # autocommit: every BEGIN and COMMIT is a visible step of the script, none is implicit
         self.conns = {n: psycopg.connect(make_conninfo(url, application_name=f"session {n}"), autocommit=True)
                       for n in names}
@@ -49,16 +57,38 @@ class Sessions:
     def run(self, name: str, sql: str, params=None) -> object:
         """Run one statement in session `name`; return its rows (or None), or the error it raised."""
         self.finish(name)
+        lock_timeout = self._lock_timeout(name)
         shown = " ".join(sql.split()) + (f"  with {', '.join(map(str, params))}" if params else "")
         step = Step(name, shown)
         self.steps.append(step)
+        pid = self.pid(name)
         future = self._workers[name].submit(self._execute, name, sql, params)
-        try:
-            return self._settle(step, future.result(timeout=self.block_after))
-        except FutureTimeout:
-            step.blocked, step.outcome = True, "waits (blocked)"
-            self._pending[name] = (future, step)
-            return None
+        deadline = time.monotonic() + self.patience
+        while time.monotonic() < deadline:
+            try:
+                return self._settle(step, future.result(timeout=0.01))
+            except FutureTimeout:
+                pass
+            if self.observer.execute(self.BLOCKED, (pid,)).fetchone()[0]:
+                if 0 < lock_timeout <= 10:  # the server itself ends this wait soon: show how it ends
+                    return self._settle(step, future.result(timeout=lock_timeout + 30))
+                step.blocked, step.outcome = True, "waits (blocked)"
+                self._pending[name] = (future, step)
+                return None
+        step.blocked, step.outcome = True, "still running"
+        self._pending[name] = (future, step)
+        return None
+
+    def _lock_timeout(self, name: str) -> float:
+        """The session's lock_timeout in seconds (0: none); read before its next statement, while it is idle."""
+        try:  # SHOW takes no snapshot, so it changes nothing in the transaction the next step belongs to
+            shown = self.conns[name].execute("SHOW lock_timeout").fetchone()[0]
+        except psycopg.Error:  # an aborted transaction answers nothing but ROLLBACK
+            return 0.0
+        match = re.fullmatch(r"(\d+)\s*(ms|s|min|h|d)?", shown.strip())
+        if not match:
+            return 0.0
+        return int(match.group(1)) * {"ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}[match.group(2) or "ms"]
 
     def finish(self, name: str, timeout: float = 10) -> object:
         """Wait for a blocked statement of `name` to end; record what it finally did."""
@@ -105,6 +135,7 @@ class Sessions:
         for name in self.names:
             self._workers[name].shutdown(wait=True)
             self.conns[name].close()
+        self.observer.close()
 
     def __enter__(self) -> Sessions:
         return self

@@ -1,0 +1,104 @@
+"""Sessions: a step is 'blocked' when the server says it waits for a lock, never by a timer.
+
+Run on a busy machine too: each test here also runs with every core kept busy by other
+processes, as a learner's laptop or a second test suite would.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import psycopg
+import pytest
+
+from pgcourse.sessions import Sessions
+
+TABLE = "sessions_test.accounts"
+
+
+def _spin(stop_at: float) -> None:
+    while time.monotonic() < stop_at:
+        pass
+
+
+@pytest.fixture(params=["quiet", "busy"])
+def load(request):
+    """'busy': one spinning process per core while the test runs."""
+    procs = []
+    if request.param == "busy":
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_spin, args=(time.monotonic() + 120,), daemon=True)
+                 for _ in range(os.cpu_count() or 2)]
+        for p in procs:
+            p.start()
+    yield request.param
+    for p in procs:
+        p.terminate()
+        p.join()
+
+
+@pytest.fixture
+def url(checks_database):
+    url = os.environ["DATABASE_URL"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS sessions_test CASCADE")
+        conn.execute("CREATE SCHEMA sessions_test")
+        conn.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, balance int NOT NULL)")
+        conn.execute(f"INSERT INTO {TABLE} VALUES (1, 100), (2, 100)")
+    return url
+
+
+def outcomes(s: Sessions) -> list[tuple[str, str]]:
+    return [(step.session, step.outcome) for step in s.steps]
+
+
+def test_deadlock_timeline_is_the_same_every_time(url, load):
+    for _ in range(2):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"UPDATE {TABLE} SET balance = 100")
+        with Sessions(url) as s:
+            s.run("A", "BEGIN")
+            s.run("B", "BEGIN")
+            s.run("A", f"UPDATE {TABLE} SET balance = balance - 10 WHERE id = 1")
+            s.run("B", f"UPDATE {TABLE} SET balance = balance - 10 WHERE id = 2")
+            s.run("A", f"UPDATE {TABLE} SET balance = balance + 10 WHERE id = 2")
+            s.run("B", f"UPDATE {TABLE} SET balance = balance + 10 WHERE id = 1")
+            victim = s.finish("A")
+            s.finish("B")
+            s.run("A", "ROLLBACK")
+            s.run("B", "COMMIT")
+        assert isinstance(victim, psycopg.errors.DeadlockDetected)
+        assert outcomes(s) == [
+            ("A", "BEGIN"), ("B", "BEGIN"), ("A", "UPDATE 1"), ("B", "UPDATE 1"),
+            ("A", "waits (blocked)"), ("B", "waits (blocked)"),
+            ("A", "resumed: ERROR 40P01: deadlock detected"), ("B", "resumed: UPDATE 1"),
+            ("A", "ROLLBACK"), ("B", "COMMIT")]
+
+
+def test_a_slow_statement_is_not_called_blocked(url, load):
+    with Sessions(url) as s:
+        s.run("A", "SELECT pg_sleep(1.5)")
+    assert [step.blocked for step in s.steps] == [False]
+
+
+def test_lock_timeout_ends_the_wait_in_the_same_step(url, load):
+    with Sessions(url) as s:
+        s.run("A", "BEGIN")
+        s.run("A", f"UPDATE {TABLE} SET balance = 0 WHERE id = 1")
+        s.run("B", "SET lock_timeout = '200ms'")
+        error = s.run("B", f"UPDATE {TABLE} SET balance = 1 WHERE id = 1")
+        s.run("A", "ROLLBACK")
+    assert isinstance(error, psycopg.errors.LockNotAvailable)
+    assert outcomes(s)[3] == ("B", "ERROR 55P03: canceling statement due to lock timeout")
+
+
+def test_close_ends_a_wait_and_every_connection(url):
+    s = Sessions(url)
+    s.run("A", "BEGIN")
+    s.run("A", f"UPDATE {TABLE} SET balance = 0 WHERE id = 1")
+    s.run("B", f"UPDATE {TABLE} SET balance = 1 WHERE id = 1")
+    assert s.steps[-1].outcome == "waits (blocked)"
+    s.close()
+    assert all(c.closed for c in [*s.conns.values(), s.observer])
