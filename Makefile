@@ -1,19 +1,36 @@
 # Postgres from Python: every entry point of the course. `make help` lists them.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab test test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
+.PHONY: help venv lab run test test-pythons test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
 
+# A target's comment says who it is for: `## ` the learner's commands, `#: ` the authors' (make help
+# lists them apart, so that a learner does not run a command that rewrites course files).
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@echo "Taking the course:"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo
+	@echo "Writing the course (for authors: they rewrite course files or take a long time):"
+	@grep -E '^[a-z0-9-]+:.*#: ' $(MAKEFILE_LIST) | awk -F':.*#: ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+# PYTHON given on the command line and .venv made by another Python: make it again with that one.
+ifeq ($(origin PYTHON),command line)
+ifneq ($(wildcard $(PY)),)
+ifneq ($(shell $(PY) -c 'import sys; print(sys.version_info[:2])' 2>/dev/null),$(shell $(PYTHON) -c 'import sys; print(sys.version_info[:2])' 2>/dev/null))
+$(shell rm -f $(STAMP))
+REBUILD_VENV := 1
+endif
+endif
+endif
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "The course needs Python 3.11 or later; run make with PYTHON=python3.11 (or newer).")'
+	@$(if $(REBUILD_VENV),echo "$(VENV) was made by another Python than $(PYTHON): making it again." && rm -rf $(VENV))
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "Could not create $(VENV): install your Python's venv module (Debian/Ubuntu: apt install python3-venv)."; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -28,22 +45,25 @@ lab: $(STAMP) ## start the course server and JupyterLab, with DATABASE_URL set
 test: $(STAMP) ## run every test and every notebook against the bundled server (starts it if needed)
 	$(PY) -m pytest
 
-test-pg15: $(STAMP) ## run the notebooks on Debian's PostgreSQL 15 (nbval lax: errors only, no output comparison)
+test-pythons: #: run `make test` with every Python 3.11-3.13 found (pyenv or PATH), each in its own .venv-3.X; a line per version
+	@sh tools/test-pythons.sh
+
+test-pg15: $(STAMP) #: run the notebooks on Debian's PostgreSQL 15 (nbval lax: errors only, no output comparison)
 	PGCOURSE_BINDIR=$(PG15) PGCOURSE_STATE=.pgdata-pg15 PGCOURSE_ENV=.env-pg15 $(PY) -m pytest --nbval-lax notebooks solutions
 
-execute: $(STAMP) ## re-execute notebooks in place against a fresh database (NB=path to pick some)
+execute: $(STAMP) #: re-execute notebooks in place against a fresh database (NB=path to pick some)
 	$(PY) -m pgcourse execute $(NB)
 
-exercises: $(STAMP) ## write exercises/ from solutions/ (answers become stubs); never edit exercises/ by hand
-	$(PY) -c 'from pgcourse.exercises import write_all; [print("wrote", p) for p in write_all()]'
+exercises: $(STAMP) #: write exercises/ from solutions/ (answers become stubs); refuses to overwrite edited ones unless FORCE=1
+	@$(PY) -c 'import sys; from pgcourse.exercises import main; sys.exit(main(force=bool("$(FORCE)")))'
 
-nav: $(STAMP) ## regenerate the previous / contents / next cell of every lesson and exercises notebook
+nav: $(STAMP) #: regenerate the previous / contents / next cell of every lesson and exercises notebook
 	$(PY) -c 'from pgcourse.authoring import SOLUTIONS, lessons, write_nav; [print("updated", p.name) for p in [*lessons(), *sorted(SOLUTIONS.glob("*.ipynb"))] if write_nav(p)]'
 
-lint: $(STAMP) ## ruff on the package, tests and notebooks
+lint: $(STAMP) #: ruff on the package, tests and notebooks
 	$(PY) -m ruff check pgcourse tests $(wildcard notebooks solutions exercises)
 
-lock: $(STAMP) ## regenerate requirements.txt from requirements.in (pins every package)
+lock: $(STAMP) #: regenerate requirements.txt from requirements.in (pins every package)
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --quiet
 
@@ -62,8 +82,12 @@ db-reset: $(STAMP) ## recreate the course database from the pristine template (e
 db-url: $(STAMP) ## print DATABASE_URL (password hidden)
 	@$(PY) -m pgcourse db url
 
-db-psql: $(STAMP) ## open psql as the learner
-	@$(PY) -m pgcourse db psql
+db-psql: $(STAMP) ## open psql as the learner; give it arguments with ARGS, e.g. make db-psql ARGS='-c "select 1"'
+	@$(PY) -m pgcourse db psql $(value ARGS)
+
+run: $(STAMP) ## run a command with the environment make lab gives notebooks, e.g. make run CMD='psql "$DATABASE_URL" -c "select 1"'
+	@$(if $(value CMD),,echo "Give the command, e.g. make run CMD='psql \"\$$DATABASE_URL\" -c \"select version()\"'"; exit 1)
+	@$(PY) -m pgcourse run -- sh -c '$(subst ','"'"',$(value CMD))'
 
 db-provision: $(STAMP) ## set the course up on your own server: make db-provision URL=postgresql://superuser:...@host/db
 	@test -n "$(URL)" || { echo "Give the URL of a superuser on your server: make db-provision URL=postgresql://..."; exit 1; }

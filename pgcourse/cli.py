@@ -101,6 +101,8 @@ def cmd_psql(args) -> None:
     binaries = tgt.cluster.binaries if tgt.cluster else None
     psql = binaries["psql"] if binaries else "psql"
     conninfo = tgt.admin.conninfo if args.admin else tgt.database_url
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execvp(psql, [psql, conninfo, *args.extra])
 
 
@@ -151,8 +153,26 @@ def cmd_lab(args) -> None:
     if os.geteuid() == 0:  # JupyterLab refuses root without it (containers, CI)
         extra.append("--allow-root")
     print(f"Starting JupyterLab with DATABASE_URL={mask(tgt.database_url)}")
+    print("The course server keeps running after JupyterLab exits; `make db-stop` stops it.")
     os.chdir(ROOT)
+    sys.stdout.flush()  # exec replaces this process: what we printed must reach a pipe (| tee, a CI log) first
+    sys.stderr.flush()
     os.execv(jupyter, [jupyter, "lab", *extra, *args.extra])
+
+
+def cmd_run(args) -> None:
+    """Run a command with the environment `make lab` gives kernels (DATABASE_URL, the bundled psql first)."""
+    command = [a for a in args.extra if a != "--"] if args.extra[:1] == ["--"] else args.extra
+    if not command:
+        raise CourseError("Give the command to run.", f"e.g. `{CLI} run -- psql -c 'select 1'`")
+    tgt = target.load()
+    os.environ.update(tgt.environment())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        raise CourseError(f"There is no command {command[0]!r} on the PATH.", "check its spelling") from None
 
 
 def cmd_execute(args) -> None:
@@ -195,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab = top.add_parser("lab", help="start the server and JupyterLab with DATABASE_URL set")
     lab.add_argument("--no-browser", action="store_true")
     lab.set_defaults(func=cmd_lab)
+    run = top.add_parser("run", help="run a command with the environment make lab gives notebooks: run -- CMD ...")
+    run.set_defaults(func=cmd_run)
     execute = top.add_parser("execute", help="re-execute notebooks in place against a fresh database")
     execute.add_argument("notebooks", nargs="+")
     execute.set_defaults(func=cmd_execute)
@@ -204,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.func not in (cmd_psql, cmd_lab):
+    if extra and args.func not in (cmd_psql, cmd_lab, cmd_run):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:

@@ -74,6 +74,7 @@ class Cluster:
         self._bindir_setting = bindir
         self._port_setting = port or int(os.environ.get("PGCOURSE_PORT", DEFAULT_PORT))
         self.user = osuser.ensure_service_user(say=say) if osuser.is_root() else None
+        self.moved_out = False  # set when the service user cannot reach the checkout
         self.state = self._state_dir()
         self.data = self.state / "data"
         self.log = self.state / "server.log"
@@ -86,6 +87,7 @@ class Cluster:
         if self.user is None or osuser.can_reach(self.user, self.base):
             return inside
         digest = hashlib.sha1(str(self.base).encode()).hexdigest()[:10]
+        self.moved_out = True
         return Path(self.user.pw_dir) / "clusters" / f"{self.base.name}-{digest}"
 
     @property
@@ -237,7 +239,7 @@ class Cluster:
         fresh = not self.initialized
         if fresh:
             started = time.perf_counter()
-            if not self.state.is_relative_to(self.base):
+            if self.moved_out:
                 self.say(f"The user {self.user.pw_name!r} cannot reach {self.base}, so the server's data"
                          f" lives in {self.state} instead.")
             self.say(f"First start: creating a PostgreSQL {self.binaries.version} cluster in {self.data} ...")
