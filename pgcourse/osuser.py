@@ -31,10 +31,16 @@ def ensure_service_user(name: str = SERVICE_USER, say=print) -> pwd.struct_passw
     if not os.path.exists(useradd):
         raise ServerError("PostgreSQL refuses to run as root, and this system has no useradd to create"
                           f" the user {name!r} that would run it.", "run the course as a normal user")
-    subprocess.run([useradd, "--system", "--create-home", "--home-dir", f"/var/lib/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    say(f"Created the system user {name!r} to run PostgreSQL (PostgreSQL refuses to run as root).")
-    return pwd.getpwnam(name)
+    made = subprocess.run([useradd, "--system", "--create-home", "--home-dir", f"/var/lib/{name}",
+                           "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
+    try:
+        user = pwd.getpwnam(name)  # made now, or by a second suite running at the same moment
+    except KeyError:
+        raise ServerError(f"Could not create the system user {name!r} that runs PostgreSQL:"
+                          f" {made.stderr.strip()}", "run the course as a normal user") from None
+    if made.returncode == 0:
+        say(f"Created the system user {name!r} to run PostgreSQL (PostgreSQL refuses to run as root).")
+    return user
 
 
 def run_as(user: pwd.struct_passwd | None, args: list[str], **kwargs) -> subprocess.CompletedProcess:

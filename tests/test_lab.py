@@ -32,20 +32,30 @@ def api(port: int, method: str, path: str, body: dict | None = None) -> dict:
     return json.loads(text) if text else {}
 
 
+def lab_port(runtime, lab: subprocess.Popen) -> int:
+    """The port JupyterLab really listens on (another program may have taken the first one it tried)."""
+    for info in runtime.glob("jpserver-*.json"):
+        return json.loads(info.read_text())["port"]
+    raise OSError("JupyterLab has not written its server info yet")
+
+
 def test_lab_kernel_has_database_url_and_connects(tmp_path):
-    port, runtime = free_port(), tmp_path / "runtime"
+    runtime = tmp_path / "runtime"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "DATABASE_URL": "postgresql://stale@elsewhere/db"}
+    # Output to a pipe, as `make lab | tee log` or a CI log: what pgcourse says before exec must arrive.
     lab = subprocess.Popen(
-        [sys.executable, "-m", "pgcourse", "lab", "--no-browser", f"--ServerApp.port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}"],
+        [sys.executable, "-m", "pgcourse", "lab", "--no-browser", f"--ServerApp.port={free_port()}",
+         "--ServerApp.port_retries=50", f"--IdentityProvider.token={TOKEN}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = ""
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
+                port = lab_port(runtime, lab)
                 api(port, "GET", "/api/status")
                 break
-            except OSError:
+            except (OSError, ValueError, KeyError):
                 assert lab.poll() is None, lab.stdout.read()
                 assert time.monotonic() < deadline, "JupyterLab did not answer within 90 s"
                 time.sleep(0.5)
@@ -70,6 +80,8 @@ def test_lab_kernel_has_database_url_and_connects(tmp_path):
     finally:
         lab.terminate()
         try:
-            lab.wait(timeout=20)
+            said = lab.communicate(timeout=20)[0]
         except subprocess.TimeoutExpired:
             lab.kill()
+    assert "Starting JupyterLab with DATABASE_URL=postgresql://learner:***@127.0.0.1:" in said, said[:2000]
+    assert "The course server keeps running after JupyterLab exits" in said
