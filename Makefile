@@ -7,7 +7,7 @@ NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab run test test-pythons test-pg15 execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
+.PHONY: help venv lab run test test-pythons test-pg15 binder-link execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
 
 # A target's comment says who it is for: `## ` the learner's commands, `#: ` the authors' (make help
 # lists them apart, so that a learner does not run a command that rewrites course files).
@@ -57,6 +57,9 @@ execute: $(STAMP) #: re-execute notebooks in place against a fresh database (NB=
 exercises: $(STAMP) #: write exercises/ from solutions/ (answers become stubs); refuses to overwrite edited ones unless FORCE=1
 	@$(PY) -c 'import sys; from pgcourse.exercises import main; sys.exit(main(force=bool("$(FORCE)")))'
 
+binder-link: $(STAMP) #: write the README's Binder badge for the GitHub repository in `git remote get-url origin` (or REPO=owner/name)
+	@$(PY) -m pgcourse binder-link $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
+
 nav: $(STAMP) #: regenerate the previous / contents / next cell of every lesson and exercises notebook
 	$(PY) -c 'from pgcourse.authoring import SOLUTIONS, lessons, write_nav; [print("updated", p.name) for p in [*lessons(), *sorted(SOLUTIONS.glob("*.ipynb"))] if write_nav(p)]'
 
@@ -66,6 +69,10 @@ lint: $(STAMP) #: ruff on the package, tests and notebooks
 lock: $(STAMP) #: regenerate requirements.txt from requirements.in (pins every package)
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --quiet
+
+.PHONY: bench-memory
+bench-memory: $(STAMP) #: peak memory (PSS) of each lesson's Run-All as on a 2 GB machine; fails over 1.5 GB (ARGS='--machine host' as this one is)
+	$(PY) benchmarks/memory.py $(ARGS)
 
 db-start: $(STAMP) ## start the bundled server (creates it and loads the data on first start)
 	@$(PY) -m pgcourse db start

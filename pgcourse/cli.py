@@ -189,6 +189,12 @@ def cmd_execute(args) -> None:
         print(f"executed {path} in {seconds:.1f} s")
 
 
+def cmd_binder_link(args) -> None:
+    from .binderlink import main
+
+    main(args.repo, args.branch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pgcourse", description=__doc__)
     top = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab)
     run = top.add_parser("run", help="run a command with the environment make lab gives notebooks: run -- CMD ...")
     run.set_defaults(func=cmd_run)
+    binder = top.add_parser("binder-link", help="write the README's Binder badge for the origin's GitHub repository")
+    binder.add_argument("--repo", default="", help="owner/name, instead of the origin remote's")
+    binder.add_argument("--branch", default="main")
+    binder.set_defaults(func=cmd_binder_link)
     execute = top.add_parser("execute", help="re-execute notebooks in place against a fresh database")
     execute.add_argument("notebooks", nargs="+")
     execute.set_defaults(func=cmd_execute)
