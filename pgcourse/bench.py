@@ -25,9 +25,9 @@ async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress:
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     rounds = range(repeat)
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress as bar
 
-        rounds = tqdm(rounds, desc="measuring", total=repeat)
+        rounds = bar(rounds, desc="measuring", total=repeat)
     for _ in rounds:
         for name, fn in contenders.items():
             if before is not None:

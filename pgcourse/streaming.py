@@ -24,9 +24,9 @@ def measure_strategies(strategies: dict[str, str], sizes: Iterable[int], *, setu
     """
     runs = [(name, rows) for rows in sizes for name in strategies]
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress as bar
 
-        runs = tqdm(runs, desc="measuring")
+        runs = bar(runs, desc="measuring")
     records = []
     for name, rows in runs:
         figures = measure_in_subprocess(strategies[name], setup=setup, env={**(env or {}), "ROWS": str(rows)})

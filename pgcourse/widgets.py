@@ -3,13 +3,21 @@
 Both follow the same rules, so that headless execution and nbval see stable outputs: state
 changes only through widget traitlets (never print or clear_output from a thread or callback),
 the text representation is fixed, and no thread is left running after stop().
+
+Each also carries a static rendering for readers where nothing runs (GitHub, nbviewer), which
+show the first of text/html, image/png, text/plain when they cannot draw a widget: RerunControl
+an HTML picture of the control, fixed text; ConnectionMonitor, at stop(), a PNG chart of the
+sessions it saw, added to its display by the thread that calls stop(). nbval compares text and
+HTML but not images or display updates, so only the image carries counts that could race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import inspect
+import io
 import threading
 import time
 from collections import Counter
@@ -50,6 +58,9 @@ class ConnectionMonitor(ipywidgets.VBox):
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection | None = None
         self._limit = ""
+        self._started = 0.0
+        self.record: list[tuple[float, int]] = []  # (seconds since start, sessions): every poll, for the chart
+        self._displays: list = []  # display handles, updated with the chart at stop()
 
     def __repr__(self) -> str:  # fixed: the live numbers are in the widget, not in the text output
         roles = f", roles={self.roles}" if self.roles else ""
@@ -59,9 +70,22 @@ class ConnectionMonitor(ipywidgets.VBox):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _ipython_display_(self) -> None:
+        """Show the live widget; its text form stays fixed, and stop() adds the chart for static readers."""
+        from IPython.display import display
+
+        self._displays.append(display(self._mimebundle(), raw=True, display_id=True))
+
+    def _mimebundle(self, chart: bytes | None = None) -> dict:
+        bundle = {**self._repr_mimebundle_(), "text/plain": repr(self)}
+        if chart:
+            bundle["image/png"] = base64.b64encode(chart).decode("ascii")
+        return bundle
+
     def start(self) -> ConnectionMonitor:
         self._conn = psycopg.connect(make_conninfo(self.url, application_name="pgcourse-monitor"), autocommit=True)
         self._limit = self._read_limit()
+        self._started = time.monotonic()
         self.poll()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="pgcourse-monitor", daemon=True)
@@ -69,14 +93,23 @@ class ConnectionMonitor(ipywidgets.VBox):
         return self
 
     def stop(self) -> None:
-        """Stop polling and close the monitor's own connection."""
+        """Stop polling, read the server once more, close the monitor's connection, and add the chart to its display."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         if self._conn is not None:
+            try:
+                self.poll()
+            except psycopg.Error:
+                pass
             self._conn.close()
             self._conn = None
+        if self._displays:
+            chart = self.chart()
+            for handle in self._displays:
+                handle.update(self._mimebundle(chart), raw=True)
+            self._displays = []
 
     def __enter__(self) -> ConnectionMonitor:
         return self.start()
@@ -94,6 +127,7 @@ class ConnectionMonitor(ipywidgets.VBox):
         self._latest = {"total": len(rows), "by_state": dict(Counter(r[0] for r in rows)),
                         "by_application": dict(Counter(r[1] for r in rows))}
         self.history = (self.history + [len(rows)])[-self._keep:]
+        self.record = (self.record + [(time.monotonic() - self._started, len(rows))])[-RECORD:]
         self.peak = max(self.peak, len(rows))
         self._view.value = self._render()
         return self._latest
@@ -129,6 +163,46 @@ class ConnectionMonitor(ipywidgets.VBox):
                 f"by application_name: {apps}{pool}<br>{sparkline(self.history)}")
 
 
+    def chart(self) -> bytes:
+        """A PNG of the session count over the whole run, with the peak, the limit and the count at the end."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(6.4, 2.2), dpi=100)
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        seconds, counts = zip(*self.record, strict=True) if self.record else ((0.0,), (0,))
+        ax.step(seconds, counts, where="post", color="#336")
+        ax.fill_between(seconds, counts, step="post", color="#336", alpha=0.15)
+        limit = self._role_limit()
+        if limit is not None:
+            ax.axhline(limit, color="#a33", linestyle="--", linewidth=1)
+            ax.annotate(f"limit {limit}", (0, limit), xytext=(2, 2), textcoords="offset points", fontsize=8, color="#a33")
+        ax.set_ylim(0, max(max(counts), limit or 0, 1) * 1.2)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("seconds since the monitor started", fontsize=8)
+        ax.set_ylabel("sessions", fontsize=8)
+        ax.tick_params(labelsize=8)
+        latest = self._latest
+        end = f"{latest['total']} session{'' if latest['total'] == 1 else 's'}"
+        if latest["total"]:
+            end += (" (" + ", ".join(f"{k} {v}" for k, v in sorted(latest["by_state"].items())) + "; application_name "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(latest["by_application"].items())) + ")")
+        ax.set_title(f"Sessions ({self._limit}): peak {self.peak}\nWhen the monitor stopped: {end}",
+                     fontsize=9, loc="left")
+        figure.tight_layout()
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
+        return png.getvalue()
+
+    def _role_limit(self) -> int | None:
+        prefix = f"role {self.roles[0]} limit " if self.roles else None
+        return int(self._limit[len(prefix):]) if prefix and self._limit.startswith(prefix) else None
+
+
+RECORD = 20_000  # polls kept for the chart: over an hour at the default interval
+
+
 def sparkline(values: list[int], width: int = 300, height: int = 40) -> str:
     """An inline SVG line of the values, scaled to the largest."""
     if len(values) < 2:
@@ -157,6 +231,18 @@ class RerunControl(ipywidgets.VBox):
 
     def __repr__(self) -> str:
         return f"RerunControl({self.slider.description!r})"
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return {**super()._repr_mimebundle_(**kwargs), "text/plain": repr(self), "text/html": self.static_html()}
+
+    def static_html(self) -> str:
+        """The control as it was displayed, drawn in HTML for readers where widgets do not run (fixed text)."""
+        choices = " ".join(f"<b>[{escape(str(v))}]</b>" if v == self.slider.value else escape(str(v))
+                           for v in self.slider.options)
+        return (f'<div style="border-left:3px solid #ccc;padding-left:8px">{escape(self.slider.description)}: '
+                f"{choices} <button disabled>Run</button><br>{self.result.value}<br>"
+                "<small><i>A live control: run the notebook to pick a value and rerun the measurement.</i>"
+                "</small></div>")
 
     def _clicked(self, _button) -> None:
         self.button.disabled = True
