@@ -96,9 +96,9 @@ run: $(STAMP) ## run a command with the environment make lab gives notebooks, e.
 	@$(if $(value CMD),,echo "Give the command, e.g. make run CMD='psql \"\$$DATABASE_URL\" -c \"select version()\"'"; exit 1)
 	@$(PY) -m pgcourse run -- sh -c '$(subst ','"'"',$(value CMD))'
 
-db-provision: $(STAMP) ## set the course up on your own server: make db-provision URL=postgresql://superuser:...@host/db
+db-provision: $(STAMP) ## set the course up on your own server: make db-provision URL=postgresql://superuser:...@host/db [WHOLE_SERVER=1]
 	@test -n "$(URL)" || { echo "Give the URL of a superuser on your server: make db-provision URL=postgresql://..."; exit 1; }
-	@$(PY) -m pgcourse db provision "$(URL)"
+	@$(PY) -m pgcourse db provision "$(URL)" $(if $(WHOLE_SERVER),--whole-server)
 
 db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-destroy YES=1
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)

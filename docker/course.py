@@ -48,7 +48,8 @@ def init(scale: float) -> None:
     given = urls()
     provision.provision(provision.Admin(given["COURSE_ADMIN_URL"]),
                         password(given["DATABASE_URL"], provision.LEARNER),
-                        password(given["LIMITED_DATABASE_URL"], provision.LIMITED), scale=scale)
+                        password(given["LIMITED_DATABASE_URL"], provision.LIMITED), scale=scale,
+                        whole_server=True, report=True)  # the db service is the course's alone
     for key in ("DATABASE_URL", "LIMITED_DATABASE_URL"):
         print(f"{key}: {check_database(given[key])}")
     print("The course is set up on the db service.")

@@ -109,7 +109,8 @@ def cmd_psql(args) -> None:
 def cmd_provision(args) -> None:
     admin = provision.Admin(args.url)
     learner, limited = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    provision.provision(admin, learner, limited, scale=args.scale, rebuild=args.rebuild)
+    provision.provision(admin, learner, limited, scale=args.scale, rebuild=args.rebuild,
+                        whole_server=args.whole_server, report=True)
     with admin.connect() as conn:
         info = conn.info
         host, port = info.host, info.port
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("url")
     prov.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
     prov.add_argument("--rebuild", action="store_true", help="reload the sample data even if present")
+    prov.add_argument("--whole-server", action="store_true",
+                      help="the server is yours alone: also grant pg_read_all_stats and pg_stat_statements_reset")
     prov.set_defaults(func=cmd_provision)
     db.add_parser("use-bundled", help="switch back from your own server").set_defaults(func=cmd_use_bundled)
     destroy = db.add_parser("destroy", help="stop the bundled server and delete its data")

@@ -1,33 +1,135 @@
 """Course objects on a server: roles, the template database with the dataset, the course database.
 
 Used for the bundled server and for a learner's own server (`python -m pgcourse db provision`).
-The learner role's extra rights are listed in LEARNER_RIGHTS, the one place that defines them.
+What the learner role gets is listed in LEARNER_RIGHTS, the one place that defines it; what it never
+gets, and on which server versions that would let it reach outside its database, in WITHHELD.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import dataset
+from .errors import ServerError
 
 LEARNER = "learner"
 LIMITED = "learner_limited"
 LIMITED_CONNECTIONS = 5
 COURSE_DB = "course"
 TEMPLATE_DB = "course_template"
+TOOLS = "pgcourse"  # the schema of the course's SECURITY DEFINER functions (pgcourse/sql/tools.sql)
+COURSE_FILES = "course_files"  # the folder beside the data directory that lesson 05's server-side COPY reads
+SUPPORTED = (14, 15, 16, 17, 18)  # PostgreSQL major versions the course runs on
+PINNED = "-c search_path=pg_catalog,pg_temp"  # the admin's sessions: nothing a learner made stands in
+WHOLE_SERVER = "the learner's own server: bundled, Binder, Docker, or `db provision --whole-server`"
 
-# The learner role is not a superuser. These are the only extra rights it gets, and why.
-LEARNER_RIGHTS = {
-    "CREATEROLE": "lesson 02 creates demo roles with awkward passwords",
-    "pg_read_all_stats": "see every session in pg_stat_activity and every query in pg_stat_statements",
-    "pg_read_server_files": "lesson 05 compares server-side COPY FROM a file",
-    "EXECUTE on pg_stat_statements_reset": "lessons reset query statistics before measuring",
-}
+
+@dataclass(frozen=True)
+class Right:
+    """A right the learner role gets beyond owning its database."""
+
+    name: str
+    why: str
+    whole_server_only: bool = False  # granted only where the learner owns the whole server
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """A right the learner role never gets, and why: on `escapes` versions it reaches outside its database."""
+
+    name: str
+    kind: str  # "attribute" (of the role) or "role" (a predefined role to be a member of)
+    why: str
+    escapes: tuple[int, ...] = SUPPORTED
+    exists: tuple[int, ...] = SUPPORTED
+    granted_before: bool = False  # earlier versions of the course granted it; provisioning revokes it
+
+
+# The learner role is not a superuser. These are the only extra rights it gets, and why. The demo roles
+# and the server-side COPY go through narrow SECURITY DEFINER functions (pgcourse/sql/tools.sql), the
+# same on every version; the two statistics rights only where the learner owns the whole server.
+LEARNER_RIGHTS = (
+    Right("EXECUTE on pgcourse.create_demo_role, pgcourse.drop_demo_role",
+          "lessons 01 and 02 (and exercise 02's check) make demo roles with awkward passwords: only names"
+          " lessonNN_... or exerciseNN_..., LOGIN and nothing else, a connection limit, the password as a"
+          " SCRAM verifier"),
+    Right("EXECUTE on pgcourse.copy_from_course_file, pgcourse.course_file_directory",
+          "lesson 05 compares server-side COPY FROM a file: only a bare file name in the course folder,"
+          " into a plain table that runs no code"),
+    Right("pg_read_all_stats",
+          "see every session in pg_stat_activity (lesson 03 watches learner_limited's) and every query in"
+          " pg_stat_statements", whole_server_only=True),
+    Right("EXECUTE on pg_stat_statements_reset", "reset query statistics before measuring", whole_server_only=True),
+)
+
+WITHHELD = (
+    Withheld("SUPERUSER", "attribute", "passes every permission check"),
+    Withheld("CREATEROLE", "attribute",
+             "before 16, grants itself any predefined role (pg_execute_server_program: a shell as the server's"
+             " user) and alters other roles; from 16 on, still makes login roles with no limit",
+             escapes=(14, 15), granted_before=True),
+    Withheld("CREATEDB", "attribute", "creates databases beside the course's"),
+    Withheld("REPLICATION", "attribute", "streams the changes of every database"),
+    Withheld("BYPASSRLS", "attribute", "ignores every row-level security policy"),
+    Withheld("pg_read_server_files", "role",
+             "reads every file the server's user can read (pg_hba.conf, keys, other learners' files)",
+             granted_before=True),
+    Withheld("pg_write_server_files", "role", "writes every file the server's user can write"),
+    Withheld("pg_execute_server_program", "role", "runs shell commands as the server's user"),
+    Withheld("pg_signal_backend", "role", "cancels and ends other roles' sessions"),
+    Withheld("pg_read_all_settings", "role", "reads every setting, the server's file paths included"),
+    Withheld("pg_stat_scan_tables", "role", "runs monitoring functions that lock any table"),
+    Withheld("pg_monitor", "role", "pg_read_all_settings, pg_read_all_stats and pg_stat_scan_tables together"),
+    Withheld("pg_read_all_data", "role", "reads every table of every database"),
+    Withheld("pg_write_all_data", "role", "writes every table of every database"),
+    Withheld("pg_checkpoint", "role", "forces checkpoints of the whole server", exists=(15, 16, 17, 18),
+             escapes=(15, 16, 17, 18)),
+    Withheld("pg_create_subscription", "role", "connects the server to other servers", exists=(16, 17, 18),
+             escapes=(16, 17, 18)),
+    Withheld("pg_use_reserved_connections", "role", "takes the connections kept for administrators",
+             exists=(16, 17, 18), escapes=(16, 17, 18)),
+    Withheld("pg_maintain", "role", "runs VACUUM, ANALYZE, REINDEX, CLUSTER, LOCK on every table",
+             exists=(17, 18), escapes=(17, 18)),
+    Withheld("pg_signal_autovacuum_worker", "role", "ends autovacuum workers", exists=(18,), escapes=(18,)),
+)
+
+
+def rights_for(major: int, whole_server: bool) -> tuple[Right, ...]:
+    """What the learner role gets on a server of this major version."""
+    return tuple(r for r in LEARNER_RIGHTS if whole_server or not r.whole_server_only)
+
+
+def check_rights(major: int, rights: tuple[Right, ...]) -> None:
+    """Refuse to grant a right that lets the learner out on this version (guards edits to LEARNER_RIGHTS)."""
+    for right in rights:
+        for withheld in WITHHELD:
+            if withheld.name in right.name.replace(",", " ").split() and major in withheld.escapes:
+                raise ServerError(f"Granting {withheld.name} to {LEARNER} on PostgreSQL {major} would let it"
+                                  f" reach outside its database: it {withheld.why}.",
+                                  f"take {withheld.name} out of LEARNER_RIGHTS in pgcourse/provision.py")
+
+
+def rights_table() -> str:
+    """README's tables of the learner's rights per version, written from LEARNER_RIGHTS and WITHHELD."""
+    head = " | ".join(str(v) for v in SUPPORTED)
+    rule = " | ".join("---" for _ in SUPPORTED)
+    lines = [f"| the learner gets | why | {head} |", f"| --- | --- | {rule} |"]
+    for r in LEARNER_RIGHTS:
+        cell = "own server" if r.whole_server_only else "yes"
+        lines.append(f"| `{r.name}` | {r.why} | {' | '.join(cell for _ in SUPPORTED)} |")
+    lines += ["", f"| never granted | what it would do | {head} |", f"| --- | --- | {rule} |"]
+    for w in WITHHELD:
+        cells = ["escape" if v in w.escapes else "not needed" if v in w.exists else "-" for v in SUPPORTED]
+        before = " (granted by the course before; revoked at the next start)" if w.granted_before else ""
+        lines.append(f"| `{w.name}`{before} | {w.why} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -37,6 +139,9 @@ class Admin:
     conninfo: str
 
     def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
+        """An autocommit session whose search_path is pinned to pg_catalog: a learner-owned database's
+        own settings (ALTER DATABASE ... SET search_path) cannot put the learner's functions in its way."""
+        kwargs.setdefault("options", PINNED)
         return psycopg.connect(make_conninfo(self.conninfo, dbname=dbname), autocommit=True, **kwargs)
 
 
@@ -55,20 +160,98 @@ def with_dbname(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
 
 
-def ensure_roles(admin: Admin, learner_password: str, limited_password: str) -> None:
-    """Create or update the learner and limited roles with these passwords and rights."""
+def major(conn: psycopg.Connection) -> int:
+    return conn.info.server_version // 10000
+
+
+def tools_sql() -> str:
+    return (files("pgcourse") / "sql" / "tools.sql").read_text()
+
+
+def tools_stamp(whole_server: bool) -> str:
+    """What a database's tools were installed from: the schema's comment, and the template's."""
+    digest = hashlib.sha256(tools_sql().encode()).hexdigest()[:12]
+    return f"pgcourse tools {digest}, {'whole server' if whole_server else 'shared server'}"
+
+
+# ---- roles -------------------------------------------------------------------------------------------
+def _memberships(conn: psycopg.Connection, role: str) -> list[str]:
+    return [name for (name,) in conn.execute(
+        "SELECT DISTINCT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+        " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1", (role,))]
+
+
+def _revoke_membership(conn: psycopg.Connection, role: str, member: str) -> None:
+    """REVOKE role FROM member, whoever granted it (from 16 on, each grantor's grant is its own)."""
+    if major(conn) < 16:
+        conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(member)))
+        return
+    grantors = [g for (g,) in conn.execute(
+        "SELECT DISTINCT pg_get_userbyid(m.grantor) FROM pg_auth_members m"
+        " WHERE m.roleid = to_regrole(%s) AND m.member = to_regrole(%s)", (role, member))]
+    for grantor in grantors:
+        conn.execute(sql.SQL("REVOKE {} FROM {} GRANTED BY {}").format(
+            sql.Identifier(role), sql.Identifier(member), sql.Identifier(grantor)))
+
+
+def refuse_escaping_roles(conn: psycopg.Connection) -> None:
+    """Refuse when the course's roles already hold, on this server, a right that reaches outside the
+    course's database and that the course never granted (what it granted before, it revokes itself)."""
+    problems, fixes = [], []
+    granted_before = {w.name for w in WITHHELD if w.granted_before}
+    for role in (LEARNER, LIMITED):
+        row = conn.execute("SELECT rolsuper, rolcreatedb, rolreplication, rolbypassrls, rolcreaterole"
+                           " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if row is None:
+            continue
+        attributes = [name for name, held in zip(("SUPERUSER", "CREATEDB", "REPLICATION", "BYPASSRLS", "CREATEROLE"),
+                                                 row) if held and not (role == LEARNER and name in granted_before)]
+        allowed = granted_before | {"pg_read_all_stats"} if role == LEARNER else set()
+        members = [m for m in _memberships(conn, role) if m not in allowed]
+        if attributes:
+            problems.append(f"{role} is {', '.join(attributes)}")
+            fixes.append(f"ALTER ROLE {role} {' '.join('NO' + a for a in attributes)};")
+        if members:
+            problems.append(f"{role} is a member of {', '.join(members)}")
+            fixes.append(f"REVOKE {', '.join(members)} FROM {role};")
+    if problems:
+        raise ServerError(f"On this server {' and '.join(problems)}, which reaches outside the course's database,"
+                          " so the course will not hand out its URL.",
+                          f"as a superuser run `{' '.join(fixes)}`, then provision again")
+
+
+def ensure_rights(conn: psycopg.Connection, whole_server: bool, say=print) -> list[str]:
+    """Give the learner role exactly its server-wide rights on this server; return what changed."""
+    refuse_escaping_roles(conn)
+    changed = []
+    if conn.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = %s", (LEARNER,)).fetchone()[0]:
+        conn.execute(sql.SQL("ALTER ROLE {} NOCREATEROLE").format(sql.Identifier(LEARNER)))
+        changed.append("revoked CREATEROLE (lessons 01 and 02 use pgcourse.create_demo_role)")
+    members = _memberships(conn, LEARNER)
+    if "pg_read_server_files" in members:
+        _revoke_membership(conn, "pg_read_server_files", LEARNER)
+        changed.append("revoked pg_read_server_files (lesson 05 uses pgcourse.copy_from_course_file)")
+    if whole_server and "pg_read_all_stats" not in members:
+        conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(LEARNER)))
+    elif not whole_server and "pg_read_all_stats" in members:
+        _revoke_membership(conn, "pg_read_all_stats", LEARNER)
+        changed.append("revoked pg_read_all_stats (not the learner's own server)")
+    return changed
+
+
+def ensure_roles(admin: Admin, learner_password: str, limited_password: str, *, whole_server: bool = True,
+                 say=print) -> list[str]:
+    """Create or update the learner and limited roles with these passwords and exactly their rights."""
     with admin.connect() as conn:
-        for role, password, extra in (
-            (LEARNER, learner_password, sql.SQL("CREATEROLE")),
-            (LIMITED, limited_password, sql.SQL("CONNECTION LIMIT {}").format(LIMITED_CONNECTIONS)),
-        ):
+        refuse_escaping_roles(conn)
+        for role, password, limit in ((LEARNER, learner_password, -1),
+                                      (LIMITED, limited_password, LIMITED_CONNECTIONS)):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = sql.SQL("ALTER" if exists else "CREATE")
             # Utility statements take no bound parameters: compose the literal safely instead.
-            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER {} PASSWORD {}").format(
-                verb, sql.Identifier(role), extra, sql.Literal(password)))
-        conn.execute(sql.SQL("GRANT pg_read_all_stats, pg_read_server_files TO {}").format(
-            sql.Identifier(LEARNER)))
+            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER CONNECTION LIMIT {} PASSWORD {}").format(
+                verb, sql.Identifier(role), sql.Literal(limit), sql.Literal(password)))
+        return ensure_rights(conn, whole_server, say)
 
 
 def set_passwords(admin: Admin, learner_password: str, limited_password: str) -> None:
@@ -78,37 +261,135 @@ def set_passwords(admin: Admin, learner_password: str, limited_password: str) ->
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
 
 
+# ---- databases ---------------------------------------------------------------------------------------
 def database_exists(admin: Admin, name: str) -> bool:
     with admin.connect() as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def build_template(admin: Admin, scale: float = 1.0) -> float:
-    """(Re)create the template database holding the pristine dataset; return seconds taken."""
+def harden_server(conn: psycopg.Connection, whole_server: bool) -> None:
+    """On the learner's own server, no course role connects to postgres or template1 (PUBLIC may, by
+    default, and on 14 may also create objects in their public schema, on an admin's search_path)."""
+    if whole_server:
+        for name in ("postgres", "template1"):
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+
+
+def install_tools(conn: psycopg.Connection, whole_server: bool) -> bool:
+    """Install (or bring up to date) the pgcourse schema in the connected database, and grant the learner
+    what LEARNER_RIGHTS says; False if the database holds a pgcourse schema that is not the admin's."""
+    stamp = tools_stamp(whole_server)
+    row = conn.execute("SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),"
+                       " obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
+                       (TOOLS,)).fetchone()
+    if row is not None and not row[0]:
+        return False
+    if row is None or row[1] != stamp:
+        with conn.transaction():
+            if row is not None:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(TOOLS)))
+            conn.execute(tools_sql())
+            conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(TOOLS), sql.Literal(stamp)))
+    learner = sql.Identifier(LEARNER)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(TOOLS), learner))
+    for function in ("create_demo_role(text, text, integer)", "drop_demo_role(text)",
+                     "copy_from_course_file(regclass, text, text, boolean)", "course_file_directory()"):
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(
+            sql.Identifier(TOOLS), sql.SQL(function), learner))
+    verb = "GRANT EXECUTE ON FUNCTION {} TO {}" if whole_server else "REVOKE EXECUTE ON FUNCTION {} FROM {}"
+    for (function,) in conn.execute("SELECT oid::regprocedure::text FROM pg_proc"
+                                    " WHERE proname = 'pg_stat_statements_reset'").fetchall():
+        conn.execute(sql.SQL(verb).format(sql.SQL(function), learner))
+    return True
+
+
+def _prepare_public_schema(conn: psycopg.Connection) -> None:
+    """Before 15, give the public schema the later default: owned by the database's owner, no CREATE for
+    PUBLIC (otherwise every role may put objects on everyone's search_path)."""
+    if major(conn) < 15:
+        conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+def build_template(admin: Admin, scale: float = 1.0, *, whole_server: bool = True) -> float:
+    """(Re)create the template database holding the pristine dataset; return seconds taken.
+
+    The template belongs to the admin and no course role may connect to it; its tables belong to the
+    learner, so every copy of it gives the learner its own data.
+    """
     started = time.perf_counter()
+    template, learner = sql.Identifier(TEMPLATE_DB), sql.Identifier(LEARNER)
     with admin.connect() as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE_DB,)).fetchone():
-            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(TEMPLATE_DB)))
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
-            sql.Identifier(TEMPLATE_DB), sql.Identifier(LEARNER)))
+            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(template))
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(template))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(template))
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(template))
     with admin.connect(TEMPLATE_DB) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        conn.execute(sql.SQL("""
-            DO $$ DECLARE f regprocedure; BEGIN
-              FOR f IN SELECT oid FROM pg_proc WHERE proname = 'pg_stat_statements_reset' LOOP
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO {}', f);
-              END LOOP; END $$""").format(sql.Identifier(LEARNER)))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(LEARNER)))  # the learner owns the data
+        _prepare_public_schema(conn)
+        install_tools(conn, whole_server)
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(learner))
+        conn.execute(sql.SQL("SET ROLE {}").format(learner))  # the learner owns the data
+        conn.execute("SET search_path TO public")
         conn.autocommit = False
         dataset.load(conn, scale)
         conn.commit()
         conn.autocommit = True
+        conn.execute("RESET ROLE")
+        conn.execute("SET search_path TO pg_catalog, pg_temp")
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(learner))
         conn.execute("VACUUM (FREEZE, ANALYZE)")
     with admin.connect() as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
-            sql.Identifier(TEMPLATE_DB)))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(template))
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(template, sql.Literal(tools_stamp(whole_server))))
     return time.perf_counter() - started
+
+
+def upgrade_template(admin: Admin, whole_server: bool) -> bool:
+    """Bring a template made by an earlier version of the course up to date; True if it changed.
+
+    Earlier templates belonged to the learner (who could then let itself in, or drop it) and had no
+    pgcourse tools.
+    """
+    template = sql.Identifier(TEMPLATE_DB)
+    with admin.connect() as conn:
+        row = conn.execute("SELECT datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user),"
+                           " shobj_description(oid, 'pg_database'), has_database_privilege('public', oid, 'CONNECT')"
+                           " FROM pg_database WHERE datname = %s", (TEMPLATE_DB,)).fetchone()
+        if row is None or row == (True, tools_stamp(whole_server), False):
+            return False
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(template))
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(template))
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(template))
+        try:
+            with admin.connect(TEMPLATE_DB) as inside:
+                _prepare_public_schema(inside)
+                install_tools(inside, whole_server)
+        finally:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(template))
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(template, sql.Literal(tools_stamp(whole_server))))
+    return True
+
+
+def _database_rights(conn: psycopg.Connection, name: str) -> None:
+    """Only the learner (its owner) and learner_limited may connect to a course database."""
+    db = sql.Identifier(name)
+    conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(db))
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(LIMITED)))
+
+
+def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE_DB, say=print) -> None:
+    """Install the tools into an existing course database that lacks them (or has older ones)."""
+    with admin.connect() as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        _database_rights(conn, name)
+    with admin.connect(name) as conn:
+        if not install_tools(conn, whole_server):
+            say(f"The database {name!r} holds a schema {TOOLS!r} of its own, so the course's tools are not in it"
+                " (lessons 01, 02 and 05 need them): `make db-reset` recreates the database with them.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +414,7 @@ def clone(admin: Admin, name: str) -> list[EndedSession]:
         strategy = sql.SQL(" STRATEGY FILE_COPY") if conn.info.server_version >= 150000 else sql.SQL("")
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}{}").format(
             sql.Identifier(name), sql.Identifier(TEMPLATE_DB), sql.Identifier(LEARNER), strategy))
+        _database_rights(conn, name)
     return ended
 
 
@@ -142,20 +424,65 @@ def drop(admin: Admin, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def provision(admin: Admin, learner_password: str, limited_password: str, scale: float = 1.0,
-              rebuild: bool = False, say=print) -> None:
-    """Create everything the course needs on the server behind `admin`."""
+# ---- the whole set-up --------------------------------------------------------------------------------
+def _check_server(admin: Admin) -> tuple[int, str]:
+    """The server's major version and version string, after checking the admin is a superuser on 14+."""
     with admin.connect() as conn:
         if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            from .errors import ServerError
             raise ServerError(
                 f"The role {conninfo_to_dict(admin.conninfo).get('user', 'in that URL')!r} is not a superuser,"
-                " and provisioning grants predefined roles and creates an extension.",
+                " and provisioning creates roles, SECURITY DEFINER functions and an extension.",
                 "give `db provision` a URL of a superuser (it is used once, and not saved)")
-    ensure_roles(admin, learner_password, limited_password)
+        version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+        if major(conn) < SUPPORTED[0]:
+            raise ServerError(f"This server runs PostgreSQL {version}; the course needs {SUPPORTED[0]} or later.",
+                              "use a newer server, or the bundled one (`make db-start`)")
+        return major(conn), version
+
+
+def describe_rights(major_version: int, version: str, whole_server: bool) -> list[str]:
+    """What provisioning says it granted, one line each."""
+    lines = [f"On PostgreSQL {version}, the role {LEARNER} owns the database {COURSE_DB!r} and gets:"]
+    lines += [f"  - {r.name}: {r.why}" for r in rights_for(major_version, whole_server)]
+    if not whole_server:
+        withheld = [r.name for r in LEARNER_RIGHTS if r.whole_server_only]
+        lines.append(f"  Not granted, because other people may use this server: {', '.join(withheld)}"
+                     " (pass --whole-server if the server is yours alone).")
+    return lines
+
+
+def provision(admin: Admin, learner_password: str, limited_password: str, scale: float = 1.0,
+              rebuild: bool = False, *, whole_server: bool = True, say=print, report: bool = False) -> None:
+    """Create everything the course needs on the server behind `admin` (what exists is brought up to date)."""
+    major_version, version = _check_server(admin)
+    check_rights(major_version, rights_for(major_version, whole_server))
+    for change in ensure_roles(admin, learner_password, limited_password, whole_server=whole_server, say=say):
+        say(f"The role {LEARNER}: {change}.")
+    with admin.connect() as conn:
+        harden_server(conn, whole_server)
     if rebuild or not database_exists(admin, TEMPLATE_DB):
         say(f"Loading the sample database into {TEMPLATE_DB!r} ...")
-        seconds = build_template(admin, scale)
+        seconds = build_template(admin, scale, whole_server=whole_server)
         say(f"Loaded the sample database in {seconds:.1f} s.")
+    elif upgrade_template(admin, whole_server):
+        say(f"Brought {TEMPLATE_DB!r} up to date (owned by the admin, with the course's tools).")
     if rebuild or not database_exists(admin, COURSE_DB):
         clone(admin, COURSE_DB)
+    else:
+        upgrade_course_database(admin, whole_server, say=say)
+    if report:
+        for line in describe_rights(major_version, version, whole_server):
+            say(line)
+
+
+def upgrade(admin: Admin, *, whole_server: bool = True, say=print) -> None:
+    """Bring an existing server's roles and databases to this version of the course (run at every start)."""
+    major_version, _ = _check_server(admin)
+    check_rights(major_version, rights_for(major_version, whole_server))
+    with admin.connect() as conn:
+        for change in ensure_rights(conn, whole_server, say):
+            say(f"The role {LEARNER}: {change}.")
+        harden_server(conn, whole_server)
+    if upgrade_template(admin, whole_server):
+        say(f"Brought {TEMPLATE_DB!r} up to date (owned by the admin, with the course's tools).")
+    upgrade_course_database(admin, whole_server, say=say)

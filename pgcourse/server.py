@@ -250,9 +250,12 @@ class Cluster:
                 tail = "\n".join(self._log_tail(8))
                 raise ServerError(f"PostgreSQL did not start; the end of its log ({self.log}) says:\n{tail}",
                                   "fix what the log names, then run `make db-start` again")
+        self._ensure_course_files()
         if fresh:
             self._bootstrap()
             self.say(f"First start done in {time.perf_counter() - started:.1f} s.")
+        else:  # a server made by an earlier version of the course gets its roles and tools brought up to date
+            provision.upgrade(self.admin, whole_server=True, say=self.say)
         self._ensure_env()
         return self.status()
 
@@ -261,6 +264,17 @@ class Cluster:
             return self.log.read_text(errors="replace").splitlines()[-n:]
         except OSError:
             return ["(no log)"]
+
+    @property
+    def course_files(self) -> Path:
+        """The folder lesson 05's server-side COPY reads from (pgcourse.copy_from_course_file), beside data/."""
+        return self.state / provision.COURSE_FILES
+
+    def _ensure_course_files(self) -> None:
+        """Only the server's user (and root) may write there: nobody else can slip in a link."""
+        self.course_files.mkdir(exist_ok=True)
+        self.course_files.chmod(0o700)
+        osuser.chown(self.course_files, self.user)
 
     def _bootstrap(self) -> None:
         learner, limited = _password(), _password()
