@@ -139,10 +139,14 @@ class Admin:
     conninfo: str
 
     def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
-        """An autocommit session whose search_path is pinned to pg_catalog: a learner-owned database's
-        own settings (ALTER DATABASE ... SET search_path) cannot put the learner's functions in its way."""
+        """An autocommit session as the admin itself, its search_path pinned to pg_catalog: a learner-owned
+        database's own settings (ALTER DATABASE ... SET search_path, SET role) cannot put the learner's
+        functions in its way, nor make it someone else."""
         kwargs.setdefault("options", PINNED)
-        return psycopg.connect(make_conninfo(self.conninfo, dbname=dbname), autocommit=True, **kwargs)
+        kwargs.setdefault("client_encoding", "utf8")  # names as str, also from a SQL_ASCII server
+        conn = psycopg.connect(make_conninfo(self.conninfo, dbname=dbname), autocommit=True, **kwargs)
+        conn.execute("SET SESSION AUTHORIZATION DEFAULT")
+        return conn
 
 
 def learner_url(host: str, port: int, password: str, dbname: str = COURSE_DB, user: str = LEARNER) -> str:
@@ -204,8 +208,9 @@ def refuse_escaping_roles(conn: psycopg.Connection) -> None:
                            " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if row is None:
             continue
-        attributes = [name for name, held in zip(("SUPERUSER", "CREATEDB", "REPLICATION", "BYPASSRLS", "CREATEROLE"),
-                                                 row) if held and not (role == LEARNER and name in granted_before)]
+        names = ("SUPERUSER", "CREATEDB", "REPLICATION", "BYPASSRLS", "CREATEROLE")
+        attributes = [name for name, held in zip(names, row, strict=True)
+                      if held and not (role == LEARNER and name in granted_before)]
         allowed = granted_before | {"pg_read_all_stats"} if role == LEARNER else set()
         members = [m for m in _memberships(conn, role) if m not in allowed]
         if attributes:
@@ -327,7 +332,7 @@ def build_template(admin: Admin, scale: float = 1.0, *, whole_server: bool = Tru
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(template))
         conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(template))
     with admin.connect(TEMPLATE_DB) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA public")
         _prepare_public_schema(conn)
         install_tools(conn, whole_server)
         conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(learner))
@@ -373,11 +378,11 @@ def upgrade_template(admin: Admin, whole_server: bool) -> bool:
     return True
 
 
-def _database_rights(conn: psycopg.Connection, name: str) -> None:
-    """Only the learner (its owner) and learner_limited may connect to a course database."""
+def _database_rights(conn: psycopg.Connection, name: str, limited: str = LIMITED) -> None:
+    """Only its owner (the learner) and the limited role may connect to a course database."""
     db = sql.Identifier(name)
     conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(db))
-    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(LIMITED)))
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(limited)))
 
 
 def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE_DB, say=print) -> None:
@@ -386,10 +391,15 @@ def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return
         _database_rights(conn, name)
-    with admin.connect(name) as conn:
-        if not install_tools(conn, whole_server):
-            say(f"The database {name!r} holds a schema {TOOLS!r} of its own, so the course's tools are not in it"
-                " (lessons 01, 02 and 05 need them): `make db-reset` recreates the database with them.")
+    try:
+        with admin.connect(name) as conn:
+            installed = install_tools(conn, whole_server)
+    except psycopg.Error as exc:  # the learner owns the database, and its settings may get in the way
+        installed = False
+        say(f"Could not install the course's tools into {name!r}: {str(exc).strip().splitlines()[0]}")
+    if not installed:
+        say(f"The database {name!r} lacks the course's tools (schema {TOOLS!r}; lessons 01, 02 and 05 need"
+            " them): `make db-reset` recreates it with them.")
 
 
 @dataclass(frozen=True)
@@ -404,8 +414,8 @@ class EndedSession:
         return f"pid {self.pid}, {self.user}{app}, {self.state}"
 
 
-def clone(admin: Admin, name: str) -> list[EndedSession]:
-    """Drop database `name` (ending its sessions) and create it afresh from the template."""
+def clone(admin: Admin, name: str, owner: str = LEARNER, limited: str = LIMITED) -> list[EndedSession]:
+    """Drop database `name` (ending its sessions) and create it afresh from the template, for `owner`."""
     with admin.connect() as conn:
         ended = [EndedSession(*row) for row in conn.execute(
             "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(state, '')"
@@ -413,8 +423,8 @@ def clone(admin: Admin, name: str) -> list[EndedSession]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         strategy = sql.SQL(" STRATEGY FILE_COPY") if conn.info.server_version >= 150000 else sql.SQL("")
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}{}").format(
-            sql.Identifier(name), sql.Identifier(TEMPLATE_DB), sql.Identifier(LEARNER), strategy))
-        _database_rights(conn, name)
+            sql.Identifier(name), sql.Identifier(TEMPLATE_DB), sql.Identifier(owner), strategy))
+        _database_rights(conn, name, limited)
     return ended
 
 

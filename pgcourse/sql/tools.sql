@@ -130,7 +130,7 @@ BEGIN
             MESSAGE = format('permission denied: file_format is csv, text or binary, not %s',
                              coalesce(quote_literal(file_format), 'NULL'));
     END IF;
-    IF target IS NULL OR NOT has_table_privilege(session_user, target, 'INSERT') THEN
+    IF target IS NULL OR NOT coalesce(has_table_privilege(session_user, target, 'INSERT'), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = format('permission denied: %s may not insert into %s', session_user, coalesce(target::text, 'NULL'));
     END IF;
@@ -163,6 +163,10 @@ BEGIN
         RAISE EXCEPTION 'the course folder''s path % holds a quote', folder;
     END IF;
     path := folder || '/' || file_name;
+    IF pg_stat_file(path, true) IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_file',
+            MESSAGE = format('there is no file %L in the course folder %s', file_name, folder);
+    END IF;
     BEGIN  -- a regular file with one link, not followed through a symbolic link; no rows are written
         EXECUTE format('COPY (SELECT 1 WHERE false) TO PROGRAM %L',
                        format('find ''%s'' -prune -type f -links 1 | grep -q .', path));
