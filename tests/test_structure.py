@@ -148,10 +148,15 @@ def test_relative_links_point_at_files_that_exist(doc):
             assert (doc.parent / link).exists(), f"{doc.name} links to missing {link}"
 
 
-def test_learner_rights_are_documented_in_the_readme():
+def test_readme_tables_of_the_learner_rights_are_those_of_learner_rights():
+    """README's rights tables are provision.rights_table(), written from LEARNER_RIGHTS and WITHHELD."""
     text = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- rights-table -->\n(.*?)\n *<!-- /rights-table -->", text, re.S)
+    assert found, "README has no <!-- rights-table --> ... <!-- /rights-table --> block"
+    shown = "\n".join(line.removeprefix("  ").rstrip() for line in found.group(1).splitlines())
+    assert shown == provision.rights_table(), "README's rights tables differ from provision.rights_table(): paste it"
     for right in provision.LEARNER_RIGHTS:
-        assert right in text, f"README does not list the learner right {right}"
+        assert f"`{right.name}`" in shown
 
 
 def test_every_make_target_is_documented_in_help():
