@@ -7,6 +7,7 @@ gets, and on which server versions that would let it reach outside its database,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -168,7 +169,9 @@ def major(conn: psycopg.Connection) -> int:
     return conn.info.server_version // 10000
 
 
+@functools.cache
 def tools_sql() -> str:
+    """The SQL of the course's tools (read once per process, like the dataset's)."""
     return (files("pgcourse") / "sql" / "tools.sql").read_text()
 
 

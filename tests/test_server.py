@@ -326,6 +326,7 @@ def test_runs_as_an_unprivileged_user():
     # The child inherits what this process has loaded; in a checkout other users cannot enter (mode 700),
     # it could not read the package's SQL files itself, as no learner's own checkout would forbid.
     dataset.scripts()
+    provision.tools_sql()
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # the child drops root for good, then runs the lifecycle
