@@ -9,7 +9,6 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import psycopg
 import psycopg2
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, make_url
 
@@ -66,10 +65,11 @@ def build_url(fn) -> None:
     """Exercise 1: fn(user, password, host, port, dbname) -> a URL every driver reads right."""
     url = database_url()
     parts = conninfo_to_dict(url)
-    role = sql.Identifier(HOSTILE_ROLE)
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(HOSTILE_PASSWORD)))
+    with psycopg.connect(url, autocommit=True) as learner:
+        # The course's demo-role function (README, "The learner's rights") takes a SCRAM verifier made here.
+        verifier = learner.pgconn.encrypt_password(HOSTILE_PASSWORD.encode(), HOSTILE_ROLE.encode(), b"scram-sha-256")
+        learner.execute("SELECT pgcourse.drop_demo_role(%s)", (HOSTILE_ROLE,))
+        learner.execute("SELECT pgcourse.create_demo_role(%s, %s)", (HOSTILE_ROLE, verifier.decode()))
         try:
             built = call(1, fn, HOSTILE_ROLE, HOSTILE_PASSWORD, parts["host"], int(parts["port"]), parts["dbname"])
             if not isinstance(built, str):
@@ -80,7 +80,7 @@ def build_url(fn) -> None:
                                   "build a plain postgresql:// URL; SQLAlchemy's driver name is added where it is used")
             logins = _logins(built)
         finally:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+            learner.execute("SELECT pgcourse.drop_demo_role(%s)", (HOSTILE_ROLE,))
     wrong = {parser: who for parser, who in logins.items() if who != HOSTILE_ROLE}
     if wrong:
         said = "; ".join(f"{parser}: {who}" for parser, who in wrong.items())
