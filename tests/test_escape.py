@@ -704,8 +704,13 @@ def test_copy_refuses_other_isolation_levels_and_tables_it_may_not_insert_into(s
     course_file("two.csv")
     with server.admin.connect(server.dbname) as admin:
         admin.execute("CREATE TABLE public.admins_table (id integer, s text)")
+        admin.execute("CREATE SCHEMA admins_schema")  # INSERT on a table, but no USAGE on its schema
+        admin.execute("CREATE TABLE admins_schema.open_table (id integer, s text)")
+        admin.execute("GRANT INSERT ON admins_schema.open_table TO learner")
+        open_table = admin.execute("SELECT 'admins_schema.open_table'::regclass::oid").fetchone()[0]
     with server.learner() as conn:
         conn.execute("CREATE TABLE public.plain (id integer, s text)")
+        refused(conn, "SELECT pgcourse.copy_from_course_file(%s::oid::regclass, 'two.csv')", (open_table,))
         for statement in ("SELECT pgcourse.copy_from_course_file('public.admins_table', 'two.csv')",
                           "SELECT pgcourse.copy_from_course_file('pg_catalog.pg_authid', 'two.csv')",
                           "SELECT pgcourse.copy_from_course_file('pgcourse.create_demo_role'::regproc::oid::regclass,"
@@ -718,6 +723,7 @@ def test_copy_refuses_other_isolation_levels_and_tables_it_may_not_insert_into(s
                 refused(tx, "SELECT pgcourse.copy_from_course_file('public.plain', 'two.csv')")
     with server.admin.connect(server.dbname) as admin:
         assert admin.execute("SELECT count(*) FROM public.admins_table").fetchone()[0] == 0
+        assert admin.execute("SELECT count(*) FROM admins_schema.open_table").fetchone()[0] == 0
 
 
 def test_copy_sees_a_trigger_committed_while_it_waited(server, course_file):

@@ -130,7 +130,8 @@ BEGIN
             MESSAGE = format('permission denied: file_format is csv, text or binary, not %s',
                              coalesce(quote_literal(file_format), 'NULL'));
     END IF;
-    IF target IS NULL OR NOT coalesce(has_table_privilege(session_user, target, 'INSERT'), false) THEN
+    IF target IS NULL OR NOT coalesce(has_table_privilege(session_user, target, 'INSERT'), false)
+            OR NOT has_schema_privilege(session_user, (SELECT relnamespace FROM pg_class WHERE oid = target), 'USAGE') THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = format('permission denied: %s may not insert into %s', session_user, coalesce(target::text, 'NULL'));
     END IF;
