@@ -218,10 +218,12 @@ def refuse_escaping_roles(conn: psycopg.Connection) -> None:
         members = [m for m in _memberships(conn, role) if m not in allowed]
         if attributes:
             problems.append(f"{role} is {', '.join(attributes)}")
-            fixes.append(f"ALTER ROLE {role} {' '.join('NO' + a for a in attributes)};")
+            fixes.append(sql.SQL("ALTER ROLE {} {};").format(
+                sql.Identifier(role), sql.SQL(" ").join(sql.SQL("NO" + a) for a in attributes)).as_string(conn))
         if members:
             problems.append(f"{role} is a member of {', '.join(members)}")
-            fixes.append(f"REVOKE {', '.join(members)} FROM {role};")
+            fixes.append(sql.SQL("REVOKE {} FROM {};").format(
+                sql.SQL(", ").join(map(sql.Identifier, members)), sql.Identifier(role)).as_string(conn))
     if problems:
         raise ServerError(f"On this server {' and '.join(problems)}, which reaches outside the course's database,"
                           " so the course will not hand out its URL.",

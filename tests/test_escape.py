@@ -852,7 +852,7 @@ def test_db_provision_on_your_own_server_says_what_it_grants_and_refuses_an_esca
         assert refused_run.returncode == 1
         message = refused_run.stderr.strip().splitlines()
         assert len(message) == 2 and "learner is a member of pg_execute_server_program" in message[0], message
-        assert message[1].startswith("Fix: ") and "REVOKE pg_execute_server_program FROM learner;" in message[1]
+        assert message[1].startswith("Fix: ") and 'REVOKE "pg_execute_server_program" FROM "learner";' in message[1]
         assert not (tmp_path / ".env").exists()
 
         with psycopg.connect(admin_url, autocommit=True) as admin:
