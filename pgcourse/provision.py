@@ -234,7 +234,10 @@ def ensure_rights(conn: psycopg.Connection, whole_server: bool, say=print) -> li
     """Give the learner role exactly its server-wide rights on this server; return what changed."""
     refuse_escaping_roles(conn)
     changed = []
-    if conn.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = %s", (LEARNER,)).fetchone()[0]:
+    row = conn.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = %s", (LEARNER,)).fetchone()
+    if row is None:  # not provisioned (yet): nothing to bring up to date
+        return changed
+    if row[0]:
         conn.execute(sql.SQL("ALTER ROLE {} NOCREATEROLE").format(sql.Identifier(LEARNER)))
         changed.append("revoked CREATEROLE (lessons 01 and 02 use pgcourse.create_demo_role)")
     members = _memberships(conn, LEARNER)

@@ -46,6 +46,7 @@ class Server:
     admin: provision.Admin
     course_files: Path | None  # None when the course folder is not on this machine
     data_dir: Path | None
+    whole_server: bool = True  # the learner owns the whole server (bundled); else `db provision` without it
 
     @property
     def admin_name(self) -> str:
@@ -81,8 +82,11 @@ def course_server(tgt: target.Target, dbname: str) -> Server:
     cluster = tgt.cluster
     with tgt.admin.connect() as conn:
         major = conn.info.server_version // 10000
+        stamp = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                             (provision.TEMPLATE_DB,)).fetchone()[0] or ""
     return Server(f"course server (PostgreSQL {major})", major, env["DATABASE_URL"], env["LIMITED_DATABASE_URL"],
-                  dbname, tgt.admin, cluster.course_files if cluster else None, cluster.data if cluster else None)
+                  dbname, tgt.admin, cluster.course_files if cluster else None, cluster.data if cluster else None,
+                  whole_server=cluster is not None or stamp.endswith("whole server"))
 
 
 def pg15_wanted() -> bool:
@@ -296,7 +300,7 @@ def test_the_issue_sequence_fails_at_its_first_step(server):
 
 
 def test_the_learner_holds_exactly_its_listed_rights(server):
-    whole = provision.rights_for(server.major, whole_server=True)
+    whole = provision.rights_for(server.major, whole_server=server.whole_server)
     with server.learner() as conn:
         attributes = conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls"
                                   " FROM pg_roles WHERE rolname = current_user").fetchone()
@@ -466,7 +470,7 @@ def test_functions_on_the_search_path_are_never_called_by_the_tools_or_the_admin
             conn.execute("SELECT pgcourse.course_file_directory()")
             attempt(conn, "SELECT pgcourse.copy_from_course_file('public.target', 'no-such-file.csv')")
             attempt(conn, "SELECT pgcourse.create_demo_role('learner')")
-        provision.upgrade_course_database(server.admin, True, name=server.dbname, say=lambda *_: None)
+        provision.upgrade_course_database(server.admin, server.whole_server, name=server.dbname, say=lambda *_: None)
         with server.admin.connect(server.dbname) as admin:
             calls = admin.execute("SELECT who FROM public.trojan_calls").fetchall()
         assert calls == [], f"a trojan ran inside the course's tools or the admin's session: {calls}"
@@ -804,6 +808,8 @@ def test_lesson_05_loads_a_file_of_the_course_folder_on_the_server(server, cours
 
 
 def test_statistics_rights_where_the_learner_owns_the_server(server):
+    if not server.whole_server:
+        pytest.skip("the course uses your own server, provisioned without WHOLE_SERVER=1: no statistics rights")
     with server.learner() as conn, psycopg.connect(server.limited_url, application_name="escape-limited") as limited:
         limited.execute("SELECT 1")
         state = conn.execute("SELECT state FROM pg_stat_activity WHERE application_name = 'escape-limited'").fetchone()
@@ -893,8 +899,8 @@ def test_an_existing_server_is_upgraded_at_start(server):
     with server.admin.connect(server.dbname) as inside:
         inside.execute("DROP SCHEMA pgcourse CASCADE")
     said: list[str] = []
-    provision.upgrade(server.admin, say=said.append)
-    provision.upgrade_course_database(server.admin, True, name=server.dbname, say=said.append)
+    provision.upgrade(server.admin, whole_server=server.whole_server, say=said.append)
+    provision.upgrade_course_database(server.admin, server.whole_server, name=server.dbname, say=said.append)
     assert any("revoked CREATEROLE" in m for m in said) and any("revoked pg_read_server_files" in m for m in said)
     assert any("Brought 'course_template' up to date" in m for m in said)
     with server.learner() as conn:
@@ -904,5 +910,5 @@ def test_an_existing_server_is_upgraded_at_start(server):
         assert not conn.execute("SELECT has_database_privilege('public', %s, 'CONNECT')",
                                 (provision.TEMPLATE_DB,)).fetchone()[0]
     again: list[str] = []
-    provision.upgrade(server.admin, say=again.append)
+    provision.upgrade(server.admin, whole_server=server.whole_server, say=again.append)
     assert again == [], "a second start has nothing to do"
