@@ -13,6 +13,7 @@ limit (1.5 GB: a 2 GB session keeps the rest for JupyterLab and the page cache) 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.notebook:<28} {gb(peaks.total):>9} {gb(peaks.kernel):>10} {server:>9} {gb(limit):>7}  "
               f"{run.limit if machine else 'this one, unlimited'}{verdict}", flush=True)
         if not run.ok:
-            print("    " + run.error.strip().splitlines()[-1][:300] + (
+            print("    " + re.sub(r"\x1b\[[0-9;]*m", "", run.error).strip().splitlines()[-1][:300] + (
                 f" (the cgroup's OOM killer struck {run.oom_kills} time(s))" if run.oom_kills else ""), flush=True)
         if verdict:
             failed.append(run.notebook)
