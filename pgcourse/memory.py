@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_SHARE_OF_LIMIT = 0.25  # a demonstration may take a quarter of the limit ...
-DEMO_SHARE_OF_AVAILABLE = 0.5  # ... and half of what is available now
+# A demonstration may take a quarter of the machine's limit. Only the limit decides, never what happens
+# to be free at the moment: the same machine always runs the same size, so its outputs stay comparable.
+DEMO_SHARE_OF_LIMIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -108,21 +109,21 @@ class Plan:
 def largest_that_fits(sizes: Sequence[int], bytes_per_row: float, *, here: Machine | None = None) -> Plan:
     """The largest of `sizes` (rows) whose estimated memory fits this machine; the smallest if none does.
 
-    A size fits when it needs at most a quarter of the machine's limit and half of what is available now.
+    A size fits when it needs at most a quarter of the machine's limit (2 GB gives 512 MB; 8 GB, 2 GB).
     """
     here = here or machine()
-    budget = min(here.limit * DEMO_SHARE_OF_LIMIT, here.available * DEMO_SHARE_OF_AVAILABLE)
+    budget = here.limit * DEMO_SHARE_OF_LIMIT
     ordered = sorted(sizes)
     fitting = [n for n in ordered if n * bytes_per_row <= budget]
     rows = fitting[-1] if fitting else ordered[0]
     largest = ordered[-1]
     need = f"{largest:,} rows would need about {largest * bytes_per_row / 2**20:,.0f} MB"
-    where = f"This machine gives the notebook {gb(here.limit)} ({here.source}), {gb(here.available)} of it available now"
+    where = f"This machine gives the notebook {gb(here.limit)} ({here.source})"
     if rows == largest:
         verdict = f"{need}, which fits: the largest run uses {rows:,} rows."
     elif fitting:
-        verdict = (f"{need}, more than a demonstration should take (a quarter of the limit, half of what is"
-                   f" available): the largest run uses {rows:,} rows.")
+        verdict = (f"{need}, more than a demonstration should take (a quarter of that):"
+                   f" the largest run uses {rows:,} rows.")
     else:
         verdict = f"{need}; even {rows:,} rows need more than a demonstration should take, but the largest run uses them."
     return Plan(rows, f"{where}. {verdict}")
