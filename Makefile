@@ -63,8 +63,8 @@ binder-link: $(STAMP) #: write the README's Binder badge for the GitHub reposito
 nav: $(STAMP) #: regenerate the previous / contents / next cell of every lesson and exercises notebook
 	$(PY) -c 'from pgcourse.authoring import SOLUTIONS, lessons, write_nav; [print("updated", p.name) for p in [*lessons(), *sorted(SOLUTIONS.glob("*.ipynb"))] if write_nav(p)]'
 
-lint: $(STAMP) #: ruff on the package, tests and notebooks
-	$(PY) -m ruff check pgcourse tests $(wildcard notebooks solutions exercises)
+lint: $(STAMP) #: ruff on the package, tests, benchmarks and notebooks
+	$(PY) -m ruff check pgcourse tests benchmarks $(wildcard notebooks solutions exercises)
 
 lock: $(STAMP) #: regenerate requirements.txt from requirements.in (pins every package)
 	$(PY) -m pip install --quiet uv

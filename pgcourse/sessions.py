@@ -61,6 +61,8 @@ class Sessions:
         shown = " ".join(sql.split()) + (f"  with {', '.join(map(str, params))}" if params else "")
         step = Step(name, shown)
         self.steps.append(step)
+        if isinstance(lock_timeout, psycopg.Error):  # the server had ended the session: that is this step's answer
+            return self._settle(step, lock_timeout)
         pid = self.pid(name)
         future = self._workers[name].submit(self._execute, name, sql, params)
         deadline = time.monotonic() + self.patience
@@ -79,12 +81,17 @@ class Sessions:
         self._pending[name] = (future, step)
         return None
 
-    def _lock_timeout(self, name: str) -> float:
-        """The session's lock_timeout in seconds (0: none); read before its next statement, while it is idle."""
+    def _lock_timeout(self, name: str) -> float | psycopg.Error:
+        """The session's lock_timeout in seconds (0: none), read before its next statement, while it is idle.
+
+        If the server has ended the session meanwhile (a timeout, pg_terminate_backend), the error it sent is
+        what the next statement would have received: it is returned, and run() reports it as that step's.
+        """
+        conn = self.conns[name]
         try:  # SHOW takes no snapshot, so it changes nothing in the transaction the next step belongs to
-            shown = self.conns[name].execute("SHOW lock_timeout").fetchone()[0]
-        except psycopg.Error:  # an aborted transaction answers nothing but ROLLBACK
-            return 0.0
+            shown = conn.execute("SHOW lock_timeout").fetchone()[0]
+        except psycopg.Error as exc:
+            return exc if conn.closed else 0.0  # else: an aborted transaction answers nothing but ROLLBACK
         match = re.fullmatch(r"(\d+)\s*(ms|s|min|h|d)?", shown.strip())
         if not match:
             return 0.0

@@ -18,6 +18,7 @@ import base64
 import concurrent.futures
 import inspect
 import io
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -184,12 +185,14 @@ class ConnectionMonitor(ipywidgets.VBox):
         ax.set_ylabel("sessions", fontsize=8)
         ax.tick_params(labelsize=8)
         latest = self._latest
-        end = f"{latest['total']} session{'' if latest['total'] == 1 else 's'}"
+        lines = [f"Sessions ({self._limit}): peak {self.peak}",
+                 f"When the monitor stopped: {latest['total']} session{'' if latest['total'] == 1 else 's'}"]
         if latest["total"]:
-            end += (" (" + ", ".join(f"{k} {v}" for k, v in sorted(latest["by_state"].items())) + "; application_name "
-                    + ", ".join(f"{k} {v}" for k, v in sorted(latest["by_application"].items())) + ")")
-        ax.set_title(f"Sessions ({self._limit}): peak {self.peak}\nWhen the monitor stopped: {end}",
-                     fontsize=9, loc="left")
+            lines[1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(latest["by_state"].items())) + ")"
+            lines.append(textwrap.shorten("by application_name: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(latest["by_application"].items())), 95))
+        ax.set_title("\n".join(lines), fontsize=9, loc="left")
+        figure.set_figheight(2.2 + 0.15 * (len(lines) - 2))
         figure.tight_layout()
         png = io.BytesIO()
         figure.savefig(png, format="png")

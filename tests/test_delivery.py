@@ -418,8 +418,13 @@ def test_binder_scripts_are_committed_executable_strict_and_start_ends_with_exec
     assert (BINDER / "start").read_text().splitlines()[-1] == 'exec "$@"'
 
 
-def binder_python(user: pwd.struct_passwd | None, env: dict[str, str]) -> str | None:
-    """An interpreter of our Python version that `user` can run: ours, else the system's."""
+def binder_python(user: pwd.struct_passwd | None, env: dict[str, str], spare: Path) -> str:
+    """An interpreter of our Python version that `user` can run: ours, else the system's, else a copy of ours.
+
+    The copy (under `spare`) stands in when ours lives where the user cannot go (pyenv under /root) and the
+    system has no such version: Binder's image has its own Python; here any one of that version will do.
+    A copied interpreter still looks for libpython where it was built, so `env` gets LD_LIBRARY_PATH.
+    """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     system = shutil.which(f"python{version}", path="/usr/local/bin:/usr/bin:/bin")
     for candidate in (sys._base_executable, system):
@@ -429,7 +434,13 @@ def binder_python(user: pwd.struct_passwd | None, env: dict[str, str]) -> str | 
             continue
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return candidate
-    return None
+    shutil.copytree(sys.base_prefix, spare, symlinks=True,
+                    ignore=shutil.ignore_patterns("site-packages", "__pycache__", "test", "tests"))
+    env["LD_LIBRARY_PATH"] = str(spare / "lib")
+    copied = spare / "bin" / f"python{version}"
+    probe = run_as(user, [copied, "-c", "import sys; print(*sys.version_info[:2], sep='.')"], env, Path("/"))
+    assert probe.returncode == 0 and probe.stdout.strip() == version, probe.stderr
+    return str(copied)
 
 
 def make_binder_environment(user: pwd.struct_passwd | None, env: dict[str, str], prefix: Path) -> None:
@@ -441,10 +452,7 @@ def make_binder_environment(user: pwd.struct_passwd | None, env: dict[str, str],
         copy = prefix.parent / "site-packages"
         shutil.copytree(site_packages, copy, symlinks=True)
         site_packages = str(copy)
-    python = binder_python(user, env)
-    if python is None:
-        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that {env['USER']!r} can run"
-                    f" ({sys._base_executable} is out of its reach and the system has none)")
+    python = binder_python(user, env, prefix.parent / "python")
     made = run_as(user, [python, "-m", "venv", "--without-pip", prefix], env, prefix.parent)
     assert made.returncode == 0, made.stderr
     where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"

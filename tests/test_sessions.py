@@ -102,3 +102,14 @@ def test_close_ends_a_wait_and_every_connection(url):
     assert s.steps[-1].outcome == "waits (blocked)"
     s.close()
     assert all(c.closed for c in [*s.conns.values(), s.observer])
+
+
+def test_a_session_the_server_ended_reports_why(url):
+    """The statement after a server-side timeout shows the server's reason, not 'the connection is closed'."""
+    with Sessions(url) as s:
+        s.run("A", "BEGIN")
+        s.run("A", "SET idle_in_transaction_session_timeout = '300ms'")
+        time.sleep(1.5)
+        error = s.run("A", "SELECT 1")
+    assert isinstance(error, psycopg.Error) and error.sqlstate == "25P03"
+    assert s.steps[-1].outcome == "ERROR 25P03: terminating connection due to idle-in-transaction timeout"
