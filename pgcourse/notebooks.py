@@ -56,7 +56,21 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        if cell.cell_type == "code":
+            cell.outputs = coalesce_streams(cell.outputs)
     return nb
+
+
+def coalesce_streams(outputs: list) -> list:
+    """Join consecutive stream outputs of one stream: how the kernel happened to flush them is a race."""
+    joined: list = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and joined and joined[-1].get("output_type") == "stream"
+                and joined[-1].get("name") == out.get("name")):
+            joined[-1]["text"] += out["text"]
+        else:
+            joined.append(out)
+    return joined
 
 
 def execute(path: Path, target: Target, dbname: str, timeout: int = 300) -> nbformat.NotebookNode:

@@ -152,6 +152,7 @@ def test_port_taken_at_restart_updates_env(cluster):
     old = cluster.port
     cluster.stop()
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old server's TIME_WAIT is no owner
         try:
             blocker.bind(("127.0.0.1", old))
             blocker.listen()
