@@ -174,6 +174,17 @@ def _conflicting_calls(fn, conn: psycopg.Connection) -> list[float] | None:
     return None
 
 
+def _shortest_wait(fn, conn: psycopg.Connection, first: list[float], runs: int = 3) -> float:
+    """The shortest span from first to last attempt over several runs (best of several: a busy machine only
+    lengthens a span, so a loop that never waits shows its true span in at least one of them)."""
+    spans = [first[-1] - first[0]]
+    for _ in range(runs - 1):
+        calls = _conflicting_calls(fn, conn)
+        if calls and len(calls) > 1:
+            spans.append(calls[-1] - calls[0])
+    return min(spans)
+
+
 def with_retry(fn) -> None:
     """Exercise 2: fn(conn, work, attempts) runs work(conn) SERIALIZABLE, retrying only 40001, at most `attempts` times."""
     with _exercise_tables() as (connect, admin):
@@ -194,8 +205,9 @@ def with_retry(fn) -> None:
             with ThreadPoolExecutor(6) as threads:
                 list(threads.map(worker, range(6)))
         except psycopg.errors.SerializationFailure:
-            calls = _conflicting_calls(fn, connect())  # retried too fast and gave up, or never retried?
-            if len(calls) > 1 and calls[-1] - calls[0] < 0.005:
+            conn = connect()
+            calls = _conflicting_calls(fn, conn)  # retried too fast and gave up, or never retried?
+            if calls and len(calls) > 1 and _shortest_wait(fn, conn, calls) < 0.005:
                 raise CheckFailed("A serialization failure (40001) escaped from with_retry after retries that came"
                                   " back to back, with no wait between them.", "sleep a little before each retry,"
                                   " longer each time (with some randomness), so that the conflict can clear") from None
@@ -210,14 +222,15 @@ def with_retry(fn) -> None:
         if total != 90:
             raise CheckFailed(f"90 increments under contention left the counter at {total}.",
                               "run the work inside one transaction per attempt, and retry until it commits")
-        calls = _conflicting_calls(fn, connect())
+        conn = connect()
+        calls = _conflicting_calls(fn, conn)
         if calls is None:
             raise CheckFailed("Work that always failed with 40001 did not make with_retry fail.",
                               "after the last attempt, raise the error instead of returning")
         if len(calls) != 4:
             raise CheckFailed(f"With attempts=4, work that always conflicts ran {len(calls)} times.",
                               "try at most `attempts` times in total")
-        if calls[-1] - calls[0] < 0.005:
+        if _shortest_wait(fn, conn, calls) < 0.005:
             raise CheckFailed("The retries came back to back, with no wait between them.",
                               "sleep a little before each retry, longer each time (with some randomness)")
         calls.clear()
