@@ -24,6 +24,7 @@ from pgcourse.binaries import copy_embedded, find_binaries, reachable_by
 from pgcourse.errors import CourseError, DatabaseUnavailable, ServerError
 from pgcourse.preflight import check_database
 from pgcourse.server import ADMIN, ROOT, Cluster
+from tests.test_escape import plain_server
 
 SCALE = 0.001  # 10 customers, 1,000 events: the lifecycle does not need the full data
 root_only = pytest.mark.skipif(not osuser.is_root(), reason="exercises the root path (CI runs as root)")
@@ -256,22 +257,10 @@ def test_shell_database_url_does_not_take_over(cluster, monkeypatch):
 
 def test_provision_on_your_own_server(make_cluster, tmp_path):
     """A plain server with a password superuser stands in for the learner's own PostgreSQL."""
-    user = osuser.ensure_service_user() if osuser.is_root() else None
-    binaries = reachable_by(user, find_binaries())  # a private checkout: the server's own fallback
-    home = open_dir(user)
-    data, port = home / "data", free_port()
-    pwfile = home / "pw"
-    pwfile.write_text("own-secret\n")
-    osuser.chown(pwfile, user)
-    run = lambda args: osuser.run_as(user, args, check=True, capture_output=True)  # noqa: E731
-    run([binaries["initdb"], "-D", str(data), "-U", "owner", f"--pwfile={pwfile}", "--auth=scram-sha-256",
-         "--no-sync", "--no-locale"])
-    run([binaries["pg_ctl"], "-D", str(data), "-l", str(home / "log"), "-w", "-o",
-         f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"])
+    admin_url, stop = plain_server(None)  # from the course's binaries, as another user when we are root
     env_file = tmp_path / ".env"
     env = {**os.environ, "PGCOURSE_ENV": str(env_file)}
     try:
-        admin_url = f"postgresql://owner:own-secret@127.0.0.1:{port}/postgres"
         result = subprocess.run([sys.executable, "-m", "pgcourse", "db", "provision", admin_url, "--scale", str(SCALE)],
                                 capture_output=True, text=True, env=env, cwd=ROOT)
         assert result.returncode == 0, result.stderr
@@ -286,8 +275,7 @@ def test_provision_on_your_own_server(make_cluster, tmp_path):
                                 env=env, cwd=ROOT)
         assert "uses your own server" in status.stdout
     finally:
-        run([binaries["pg_ctl"], "-D", str(data), "-m", "immediate", "-w", "stop"])
-        shutil.rmtree(home, ignore_errors=True)
+        stop()
 
 
 @root_only
