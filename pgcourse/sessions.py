@@ -149,3 +149,19 @@ class Sessions:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sessions_left(url: str, wait: float = 5.0) -> int:
+    """Client sessions still connected to the URL's database, not counting the one that asks.
+
+    A closed connection's server process ends a moment after the client lets go, so this polls the
+    server (up to `wait` seconds) for the count to reach zero before it answers.
+    """
+    deadline = time.monotonic() + wait
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.05)
