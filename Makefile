@@ -55,7 +55,7 @@ execute: $(STAMP) #: re-execute notebooks in place against a fresh database (NB=
 	$(PY) -m pgcourse execute $(NB)
 
 exercises: $(STAMP) #: write exercises/ from solutions/ (answers become stubs); refuses to overwrite edited ones unless FORCE=1
-	@$(PY) -c 'import sys; from pgcourse.exercises import main; sys.exit(main(force=bool("$(FORCE)")))'
+	@$(PY) -c 'import sys; from pgcourse.exercises import main; sys.exit(main(force="$(FORCE)" not in ("", "0", "no", "false")))'
 
 binder-link: $(STAMP) #: write the README's Binder badge for the GitHub repository in `git remote get-url origin` (or REPO=owner/name)
 	@$(PY) -m pgcourse binder-link $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
