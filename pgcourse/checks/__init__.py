@@ -2,17 +2,48 @@
 database and judges what it did: results, rows, sessions left open, what hostile input does.
 It never reads the learner's source. Success prints one line; failure raises CheckFailed
 (what was observed, and a hint); an exercise not yet written raises NotDone.
+
+What every check shares lives here, so that a new lesson's checks get it by using it:
+
+- `run` / `arun` call the learner's function with a time limit, its output captured (and scanned
+  for secrets), anything it raises (SystemExit included) turned into a verdict in the check's voice;
+- `learner_env` tags every session the learner's code opens from `DATABASE_URL`
+  (`application_name`), and `check_connect` tags the check's own; `sessions_of` and
+  `process_sessions` find them, so other notebooks open on the same database change nothing;
+- `disorder` moves rows so that their physical order differs from the order a check expects;
+- `best_time` / `slower_than` judge speed as the best of several runs against a reference
+  measured in the same check.
+
+`CONTRIBUTING.md` ("Writing a check") says how to use them, and how to write the wrong-answer tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import inspect
+import io
+import logging
 import os
-from collections.abc import Callable
+import secrets as _secrets
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
+
+TIME_LIMIT = 60.0
+"""Seconds a learner's function may run in one call before the check stops waiting for it."""
+
+CHECK_APP = "pgcourse check"
+"""application_name of the sessions a check opens for itself."""
+
+LEARNER_APP = "pgcourse learner"
+"""Prefix of the application_name given to the sessions the learner's code opens during a check."""
 
 
 class _Message(Exception):
@@ -30,7 +61,12 @@ class CheckFailed(_Message, AssertionError):
     """The learner's code ran, and did something other than what the exercise asks."""
 
     def __init__(self, observed: str, hint: str):
+        self.observed, self.hint = observed, hint
         super().__init__(f"{observed}\nHint: {hint}")
+
+
+class _TimeLimit(BaseException):
+    """Raised inside the learner's thread when its time is up (never seen by the learner)."""
 
 
 def database_url() -> str:
@@ -40,30 +76,110 @@ def database_url() -> str:
     return url
 
 
-def call(exercise: int, fn: Callable, *args, **kwargs) -> Any:
-    """Call the learner's function (awaiting it if async); NotImplementedError becomes NotDone."""
-    try:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            raise TypeError("use `await acall(...)` for coroutines")
-        return result
-    except NotImplementedError:
-        raise NotDone(f"Exercise {exercise} is not done yet: replace the `raise NotImplementedError` line"
-                      " with your code, run that cell, then run this check again.") from None
-
-
-async def acall(exercise: int, fn: Callable, *args, **kwargs) -> Any:
-    """Like call(), for an async function."""
-    try:
-        result = fn(*args, **kwargs)
-        return await result if inspect.isawaitable(result) else result
-    except NotImplementedError:
-        raise NotDone(f"Exercise {exercise} is not done yet: replace the `raise NotImplementedError` line"
-                      " with your code, run that cell, then run this check again.") from None
+def not_done(exercise: int) -> NotDone:
+    return NotDone(f"Exercise {exercise} is not done yet: replace the `raise NotImplementedError` line"
+                   " with your code, run that cell, then run this check again.")
 
 
 def passed(exercise: int, what: str) -> None:
     print(f"Exercise {exercise} passed: {what}")
+
+
+# --- sessions: tagging, and finding the learner's own ------------------------------------------
+
+def with_params(url: str, **params: str) -> str:
+    """The URL (or key=value conninfo) with these connection parameters set; every driver reads them.
+
+    asyncpg passes unknown URL parameters such as application_name on as server settings, libpq and
+    SQLAlchemy read them as connection parameters, so a URL tagged here tags the session whatever
+    the driver.
+    """
+    if "://" not in url:
+        return psycopg.conninfo.make_conninfo(url, **params)
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query += list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
+
+
+def new_tag(exercise: int | str) -> str:
+    """A fresh application_name for the learner's sessions in one check run."""
+    return f"{LEARNER_APP} {exercise} {_secrets.token_hex(3)}"
+
+
+def check_connect(url: str | None = None, **kwargs) -> psycopg.Connection:
+    """A psycopg connection for the check itself, tagged so that it is never taken for the learner's."""
+    kwargs.setdefault("application_name", CHECK_APP)
+    return psycopg.connect(url or database_url(), **kwargs)
+
+
+@contextlib.contextmanager
+def learner_env(tag: str, url: str | None = None) -> Iterator[str]:
+    """While inside, DATABASE_URL (and PGAPPNAME) name `tag`: every session the learner's code opens
+    from the environment is tagged. Yields the tagged URL, to hand to functions that take one."""
+    url = url or database_url()
+    tagged = with_params(url, application_name=tag)
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "PGAPPNAME")}
+    os.environ["DATABASE_URL"], os.environ["PGAPPNAME"] = tagged, tag
+    try:
+        yield tagged
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def sessions_of(observer: psycopg.Connection, tag: str) -> list[dict]:
+    """The sessions whose application_name is `tag` (pid, state, query, xact_start), oldest first."""
+    cur = observer.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute("SELECT pid, state, query, xact_start, wait_event_type FROM pg_stat_activity"
+                       " WHERE application_name = %s AND backend_type = 'client backend' ORDER BY backend_start, pid",
+                       (tag,)).fetchall()
+
+
+def client_ports() -> set[int] | None:
+    """Local TCP ports of this process's (and its children's) sockets; None where they cannot be read."""
+    try:
+        import psutil
+
+        procs = [psutil.Process()]
+        procs += procs[0].children(recursive=True)
+        ports: set[int] = set()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.raddr}
+        return ports
+    except Exception:  # noqa: BLE001 - no psutil, or a platform that hides sockets: the caller falls back
+        return None
+
+
+def process_sessions(observer: psycopg.Connection, *, exclude: Iterable[int] = ()) -> list[dict] | None:
+    """This process's client sessions in the observer's database (matched by client port), or None when
+    the sessions cannot be told apart (a Unix socket, or sockets that cannot be read)."""
+    ports = client_ports()
+    if ports is None:
+        return None
+    cur = observer.cursor(row_factory=psycopg.rows.dict_row)
+    rows = cur.execute("SELECT pid, state, query, application_name, client_port FROM pg_stat_activity"
+                       " WHERE datname = current_database() AND backend_type = 'client backend'"
+                       " AND pid <> pg_backend_pid()").fetchall()
+    if rows and all(r["client_port"] in (None, -1) for r in rows):
+        return None
+    excluded = set(exclude)
+    return [r for r in rows if r["client_port"] in ports and r["pid"] not in excluded]
+
+
+def wait_for_sessions_to_end(observer: psycopg.Connection, tag: str, wait: float = 5.0) -> list[dict]:
+    """The tagged sessions still there after up to `wait` seconds (a closed connection's server
+    process ends a moment after the client lets go)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = sessions_of(observer, tag)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 def last_query_of(conn: psycopg.Connection | int, observer: psycopg.Connection) -> str:
@@ -71,6 +187,354 @@ def last_query_of(conn: psycopg.Connection | int, observer: psycopg.Connection) 
     pid = conn if isinstance(conn, int) else conn.info.backend_pid
     row = observer.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
     return row[0] if row else ""
+
+
+def stop_sessions(tag: str | None = None, pids: Iterable[int] = ()) -> None:
+    """Cancel, then end, the learner's sessions: what a check does when the learner's code hangs."""
+    targets = set(pids)
+    with contextlib.suppress(psycopg.Error), check_connect(autocommit=True) as admin:
+        if tag:
+            targets |= {r["pid"] for r in sessions_of(admin, tag)}
+        for pid in targets:
+            admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        time.sleep(0.5)
+        for pid in targets:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+# --- output capture and secrets ------------------------------------------------------------------
+
+def secrets_in(url: str | None = None) -> list[str]:
+    """The forms in which the password of a URL (default DATABASE_URL) could leak: as written in the
+    URL, decoded, and the whole URL."""
+    url = url if url is not None else os.environ.get("DATABASE_URL", "")
+    if not url:
+        return []
+    found: set[str] = set()
+    if "://" in url:
+        raw = urllib.parse.urlsplit(url)
+        if raw.password:
+            found |= {raw.password, urllib.parse.unquote(raw.password), url}
+    else:
+        with contextlib.suppress(psycopg.ProgrammingError):
+            password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+            if password:
+                found |= {str(password), url}
+    return sorted(s for s in found if len(s) >= 4)
+
+
+class Captured:
+    """What the learner's code printed (stdout, stderr) and logged, while a check ran it."""
+
+    def __init__(self):
+        self.stdout, self.stderr, self.logged = io.StringIO(), io.StringIO(), []
+        self._ids: set[int] = set()
+
+    @property
+    def text(self) -> str:
+        return "\n".join([self.stdout.getvalue(), self.stderr.getvalue(), *self.logged])
+
+    def leaked(self, secrets: Iterable[str]) -> str | None:
+        """The first secret found in what was printed or logged, else None."""
+        text = self.text
+        return next((s for s in secrets if s and s in text), None)
+
+
+_lock = threading.RLock()
+_sinks: dict[int, Captured] = {}
+_installed: dict[str, Any] = {}
+
+
+def _sink_for_thread() -> Captured | None:
+    sink = _sinks.get(threading.get_ident())
+    if sink is None and len(set(map(id, _sinks.values()))) == 1:
+        sink = next(iter(_sinks.values()))  # a thread the learner's code started
+    return sink
+
+
+class _Handler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = _sink_for_thread()
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                sink.logged.append(f"{record.name} {record.levelname} {record.getMessage()}")
+
+
+class _Tee(io.TextIOBase):
+    """Writes from a thread being captured go to its capture; other threads' writes pass through."""
+
+    def __init__(self, original, which: str):
+        self.original, self.which = original, which
+
+    def write(self, s: str) -> int:
+        sink = _sink_for_thread()
+        if sink is not None:
+            return getattr(sink, self.which).write(s)
+        return self.original.write(s)
+
+    def flush(self) -> None:
+        with contextlib.suppress(Exception):
+            self.original.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+
+def _loggers() -> list[tuple[str, logging.Logger]]:
+    return [("", logging.getLogger())] + [(n, lg) for n, lg in list(logging.root.manager.loggerDict.items())
+                                         if isinstance(lg, logging.Logger)]
+
+
+def _install() -> None:
+    """Route stdout, stderr and every log record (any level, any logger) to the captures."""
+    saved = {"stdout": sys.stdout, "stderr": sys.stderr, "disable": logging.root.manager.disable,
+             "loggers": {n: (lg.level, lg.handlers[:], lg.propagate) for n, lg in _loggers()},
+             "handler": _Handler()}
+    sys.stdout, sys.stderr = _Tee(saved["stdout"], "stdout"), _Tee(saved["stderr"], "stderr")
+    for name, lg in _loggers():
+        lg.handlers, lg.propagate = [], True
+        lg.setLevel(logging.NOTSET)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    root.addHandler(saved["handler"])
+    logging.disable(logging.NOTSET)
+    _installed.update(saved)
+
+
+def _uninstall() -> None:
+    sys.stdout, sys.stderr = _installed["stdout"], _installed["stderr"]
+    logging.disable(_installed["disable"])
+    known = _installed["loggers"]
+    for name, lg in _loggers():
+        if name in known:
+            lg.level, lg.handlers, lg.propagate = known[name]
+        else:  # a logger created while we captured
+            lg.handlers = [h for h in lg.handlers if h is not _installed["handler"]]
+    _installed.clear()
+
+
+@contextlib.contextmanager
+def captured(thread_ids: Iterable[int] | None = None) -> Iterator[Captured]:
+    """Capture what the given threads (default: this one) print and log while inside.
+
+    Log records are captured even where the logger's level would drop them: a secret in a debug
+    message leaks on the day someone turns debug logging on. Captures nest, and run in several
+    threads at once (a check that calls the learner's function from eight threads).
+    Add a thread to a running capture with `capture_thread(cap)`.
+    """
+    cap = Captured()
+    ids = set(thread_ids) if thread_ids is not None else {threading.get_ident()}
+    with _lock:
+        if not _installed:
+            _install()
+        for i in ids:
+            _sinks[i] = cap
+        cap._ids = ids
+    try:
+        yield cap
+    finally:
+        with _lock:
+            for i in cap._ids:
+                if _sinks.get(i) is cap:
+                    del _sinks[i]
+            if not _sinks and _installed:
+                _uninstall()
+
+
+def capture_thread(cap: Captured) -> None:
+    """Send what the calling thread prints and logs to `cap` (a learner's function run in a thread)."""
+    with _lock:
+        _sinks[threading.get_ident()] = cap
+        cap._ids.add(threading.get_ident())
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """The text with every secret in it replaced by asterisks."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "********")
+    return text
+
+
+def _echo(cap: Captured, secrets: Iterable[str]) -> None:
+    """Show the learner what their code printed, with any secret masked."""
+    for text, stream in ((cap.stdout.getvalue(), sys.stdout), (cap.stderr.getvalue(), sys.stderr)):
+        text = mask(text, secrets)
+        if text:
+            stream.write(text if text.endswith("\n") else text + "\n")
+
+
+# --- calling the learner's code ------------------------------------------------------------------
+
+def describe_call(fn: Callable, args: tuple, kwargs: dict | None = None) -> str:
+    """`name(arg, ...)` as the learner would write it, connections and long values shortened."""
+    def short(a):
+        if isinstance(a, (psycopg.Connection, psycopg.AsyncConnection)) or type(a).__name__ in (
+                "Connection", "AsyncConnection", "Pool", "ConnectionPool", "AsyncConnectionPool", "Engine"):
+            return {"Connection": "conn", "AsyncConnection": "conn"}.get(type(a).__name__, type(a).__name__.lower())
+        text = repr(a)
+        return text if len(text) <= 60 else text[:57] + "..."
+    shown = [short(a) for a in args] + [f"{k}={short(v)}" for k, v in (kwargs or {}).items()]
+    return f"{getattr(fn, '__name__', 'your function')}({', '.join(shown)})"
+
+
+def _raised(exercise: int, call_text: str, exc: BaseException, hint: str | None) -> CheckFailed:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, SystemExit):
+        observed = f"{call_text} tried to end the program (SystemExit({exc.code!r})) instead of returning or raising."
+        default = "raise an exception that says what went wrong; never call sys.exit() or exit() in a function"
+    else:
+        observed = f"{call_text} raised {type(exc).__name__}" + (f": {first}" if first else ".")
+        default = "run your function on its own in a cell with the same arguments, and read the error"
+    return CheckFailed(observed, hint or default)
+
+
+def _inject(thread: threading.Thread) -> None:
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_TimeLimit))
+
+
+def run(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT, allowed: tuple[type[BaseException], ...] = (),
+        hint: str | None = None, secrets: Iterable[str] | None = None, tag: str | None = None,
+        stop_pids: Iterable[int] = (), **kwargs) -> Any:
+    """Call the learner's (sync) function the way every check should.
+
+    - It runs in a thread with a time limit: past `timeout` seconds the check cancels the learner's
+      sessions (those tagged `tag`, and `stop_pids`), stops the thread where Python can, and fails.
+    - Its output and logging are captured; a secret (`secrets`, by default DATABASE_URL's password)
+      in them fails the check; the rest is shown to the learner, masked.
+    - NotImplementedError becomes NotDone; exceptions in `allowed` are raised to the caller as they
+      are (the check judges them); anything else, SystemExit included, becomes CheckFailed.
+    """
+    secrets = list(secrets) if secrets is not None else secrets_in()
+    call_text = mask(describe_call(fn, args, kwargs), secrets)
+    box: dict[str, Any] = {}
+
+    def target():
+        capture_thread(cap)
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_awaited(result))
+            box["result"] = result
+        except BaseException as exc:  # noqa: BLE001 - every outcome is judged below
+            box["error"] = exc
+
+    with captured(set()) as cap:
+        worker = threading.Thread(target=target, name=f"exercise {exercise}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        timed_out = worker.is_alive()
+        if timed_out:
+            stop_sessions(tag, stop_pids)
+            _inject(worker)
+            worker.join(5)
+    _echo(cap, secrets)
+    if timed_out:
+        raise CheckFailed(f"{call_text} did not finish within {timeout:g} s; the check stopped waiting"
+                          " and cancelled its queries.",
+                          hint or "look for a loop that never ends, a retry without a limit, or a query waiting"
+                          " for a lock that your own code holds in another session")
+    leak = cap.leaked(secrets)
+    if leak is not None:
+        raise CheckFailed(f"{call_text} printed or logged a secret"
+                          f" ({'the connection URL' if '://' in leak else 'the password'}).",
+                          "never print or log a URL with its password in it; log the host and database name,"
+                          " or the URL with the password masked")
+    exc = box.get("error")
+    if exc is None:
+        return box["result"]
+    if isinstance(exc, NotImplementedError):
+        raise not_done(exercise) from None
+    if allowed and isinstance(exc, allowed):
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    raise _raised(exercise, call_text, exc, hint) from None
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+async def _guarded(awaitable):
+    """Await the learner's coroutine; hand back what it raised, SystemExit included (a task would
+    otherwise let SystemExit escape through the event loop)."""
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+        return _Raised(exc)
+
+
+async def arun(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT,
+               allowed: tuple[type[BaseException], ...] = (), hint: str | None = None,
+               secrets: Iterable[str] | None = None, tag: str | None = None, stop_pids: Iterable[int] = (),
+               **kwargs) -> Any:
+    """`run` for an async function, awaited in the running loop (its connections belong to that loop).
+
+    A coroutine that swallows the cancellation is left behind rather than waited for forever.
+    """
+    secrets = list(secrets) if secrets is not None else secrets_in()
+    call_text = mask(describe_call(fn, args, kwargs), secrets)
+    with captured() as cap:
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(_guarded(result))
+                done, _ = await asyncio.wait({task}, timeout=timeout)
+                if not done:
+                    task.cancel()
+                    done, _ = await asyncio.wait({task}, timeout=5)
+                    if not done:
+                        stop_sessions(tag, stop_pids)
+                    raise _TimeLimit
+                result = task.result()
+                if isinstance(result, _Raised):
+                    raise result.exc
+            error = None
+        except _TimeLimit:
+            error = _TimeLimit()
+        except BaseException as exc:  # noqa: BLE001 - every outcome is judged below
+            error = exc
+    _echo(cap, secrets)
+    if isinstance(error, (_TimeLimit, asyncio.CancelledError)):
+        raise CheckFailed(f"{call_text} did not finish within {timeout:g} s; the check cancelled it.",
+                          hint or "look for a loop that never ends, a retry without a limit, or an await that"
+                          " waits on something your own code holds")
+    leak = cap.leaked(secrets)
+    if leak is not None:
+        raise CheckFailed(f"{call_text} printed or logged a secret"
+                          f" ({'the connection URL' if '://' in leak else 'the password'}).",
+                          "never print or log a URL with its password in it; log the host and database name,"
+                          " or the URL with the password masked")
+    if error is None:
+        return result
+    if isinstance(error, NotImplementedError):
+        raise not_done(exercise) from None
+    if allowed and isinstance(error, allowed):
+        raise error
+    if isinstance(error, KeyboardInterrupt):
+        raise error
+    raise _raised(exercise, call_text, error, hint) from None
+
+
+def call(exercise: int, fn: Callable, *args, **kwargs) -> Any:
+    """`run`, letting every Exception through to the check as it is (the check judges it)."""
+    kwargs.setdefault("allowed", (Exception,))
+    return run(exercise, fn, *args, **kwargs)
+
+
+async def acall(exercise: int, fn: Callable, *args, **kwargs) -> Any:
+    """Like call(), for an async function."""
+    kwargs.setdefault("allowed", (Exception,))
+    return await arun(exercise, fn, *args, **kwargs)
 
 
 def run_async(coro):
@@ -83,3 +547,49 @@ def run_async(coro):
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+# --- order ---------------------------------------------------------------------------------------
+
+def physical_order(conn: psycopg.Connection, table: str, key: str) -> list:
+    """`key` of every row of `table` in the order a sequential scan returns them."""
+    from psycopg import sql
+
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        return [r[0] for r in conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(key), sql.Identifier(table)))]
+
+
+def disorder(conn: psycopg.Connection, table: str, key: str = "id", where: str = "TRUE", share: float = 0.5) -> None:
+    """Rewrite the first `share` of the rows (by `key`, among those matching `where`) without changing
+    them, so that their new versions sit after the others: the table's physical order, and the
+    order of an index on anything but `key`, no longer follow `key`. Commit to show it to other sessions.
+
+    A check that judges order calls this first: an answer that forgot ORDER BY then gets rows in the
+    wrong order, as it would on any table that has seen updates.
+    """
+    from psycopg import sql
+
+    col = conn.execute(sql.SQL("SELECT {} FROM {} LIMIT 0").format(sql.SQL(key), sql.Identifier(table))).description[0].name
+    n = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(table), sql.SQL(where))).fetchone()[0]
+    k = max(1, int(n * share))
+    conn.execute(sql.SQL("UPDATE {t} SET {c} = {c} WHERE ctid IN (SELECT ctid FROM {t} WHERE {w} ORDER BY {k} LIMIT %s)")
+                 .format(t=sql.Identifier(table), c=sql.Identifier(col), w=sql.SQL(where), k=sql.SQL(key)), (k,))
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+def best_time(fn: Callable[[], Any], runs: int = 3) -> float:
+    """The shortest of `runs` timings of fn() in seconds: the run least disturbed by a busy machine."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def slower_than(learner: float, reference: float, margin: float) -> bool:
+    """True when the learner's best time is more than `margin` times the reference's best time."""
+    return learner > reference * margin
