@@ -151,17 +151,56 @@ class Sessions:
         self.close()
 
 
+def client_ports() -> set[int] | None:
+    """Local TCP ports of this process's (and its children's) connected sockets; None where they
+    cannot be read (no permission, or a platform that hides them)."""
+    try:
+        import psutil
+
+        procs = [psutil.Process()]
+        procs += procs[0].children(recursive=True)
+        ports: set[int] = set()
+        for proc in procs:
+            try:
+                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.raddr}
+            except psutil.NoSuchProcess:
+                continue
+        return ports
+    except Exception:  # noqa: BLE001 - the caller falls back to counting the whole database
+        return None
+
+
+def own_sessions(conn: psycopg.Connection) -> list[tuple[int, str]] | None:
+    """(pid, application_name) of this process's client sessions in conn's database, matched by the
+    client port the server sees; None when sessions cannot be told apart that way (a Unix socket,
+    or sockets this process cannot read)."""
+    ports = client_ports()
+    rows = conn.execute("SELECT pid, coalesce(application_name, ''), client_port FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND backend_type = 'client backend'"
+                        " AND pid <> pg_backend_pid()").fetchall()
+    if ports is None or conn.info.host.startswith("/"):  # over a Unix socket, the server sees no client port
+        return None
+    return [(pid, app) for pid, app, port in rows if port in ports]
+
+
 def sessions_left(url: str, wait: float = 5.0) -> int:
-    """Client sessions still connected to the URL's database, not counting the one that asks.
+    """This notebook's client sessions still connected to the URL's database, not counting the one
+    that asks. Sessions of other notebooks, terminals or tools on the same database do not count.
 
     A closed connection's server process ends a moment after the client lets go, so this polls the
-    server (up to `wait` seconds) for the count to reach zero before it answers.
+    server (up to `wait` seconds) for the count to reach zero before it answers. Where the server
+    cannot tell this process's sessions apart (a Unix socket), it counts every client session of
+    the database.
     """
     deadline = time.monotonic() + wait
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
-            left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
+            own = own_sessions(conn)
+            if own is not None:
+                left = len(own)
+            else:
+                left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
             if left == 0 or time.monotonic() >= deadline:
                 return left
             time.sleep(0.05)

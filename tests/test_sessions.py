@@ -113,3 +113,35 @@ def test_a_session_the_server_ended_reports_why(url):
         error = s.run("A", "SELECT 1")
     assert isinstance(error, psycopg.Error) and error.sqlstate == "25P03"
     assert s.steps[-1].outcome == "ERROR 25P03: terminating connection due to idle-in-transaction timeout"
+
+
+def test_sessions_left_counts_this_notebooks_sessions_only(url, tmp_path):
+    """Another notebook (a process that is not ours) connected to the same database is not this
+    notebook's leak; a connection this process forgot to close is."""
+    import subprocess
+    import sys
+
+    from pgcourse.sessions import sessions_left
+
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    code = ("import os, pathlib, time, psycopg\n"
+            "c = psycopg.connect(os.environ['DATABASE_URL'])\n"
+            f"pathlib.Path({str(ready)!r}).write_text('open')\n"
+            f"deadline = time.time() + 60\nwhile not pathlib.Path({str(go)!r}).exists() and time.time() < deadline:\n"
+            "    time.sleep(0.05)\n")
+    # Started through a shell that exits at once, so the process is not a child of this one.
+    subprocess.run(["sh", "-c", '"$0" -c "$1" >/dev/null 2>&1 &', sys.executable, code], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the other process did not connect"
+        assert sessions_left(url, wait=0.5) == 0
+        forgotten = psycopg.connect(url)
+        try:
+            assert sessions_left(url, wait=0.5) == 1
+        finally:
+            forgotten.close()
+        assert sessions_left(url) == 0
+    finally:
+        go.write_text("go")

@@ -36,6 +36,8 @@ from typing import Any
 
 import psycopg
 
+from ..sessions import client_ports
+
 TIME_LIMIT = 60.0
 """Seconds a learner's function may run in one call before the check stops waiting for it."""
 
@@ -137,22 +139,6 @@ def sessions_of(observer: psycopg.Connection, tag: str) -> list[dict]:
     return cur.execute("SELECT pid, state, query, xact_start, wait_event_type FROM pg_stat_activity"
                        " WHERE application_name = %s AND backend_type = 'client backend' ORDER BY backend_start, pid",
                        (tag,)).fetchall()
-
-
-def client_ports() -> set[int] | None:
-    """Local TCP ports of this process's (and its children's) sockets; None where they cannot be read."""
-    try:
-        import psutil
-
-        procs = [psutil.Process()]
-        procs += procs[0].children(recursive=True)
-        ports: set[int] = set()
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.raddr}
-        return ports
-    except Exception:  # noqa: BLE001 - no psutil, or a platform that hides sockets: the caller falls back
-        return None
 
 
 def process_sessions(observer: psycopg.Connection, *, exclude: Iterable[int] = ()) -> list[dict] | None:
