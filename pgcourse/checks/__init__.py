@@ -377,6 +377,24 @@ def _raised(exercise: int, call_text: str, exc: BaseException, hint: str | None)
     return CheckFailed(observed, hint or default)
 
 
+def _outcome(exercise: int, call_text: str, cap: Captured, secrets: list[str], error: BaseException | None,
+             result: Any, allowed: tuple[type[BaseException], ...], hint: str | None) -> Any:
+    """The learner's result, or the verdict on what their code printed or raised."""
+    leak = cap.leaked(secrets)
+    if leak is not None:
+        raise CheckFailed(f"{call_text} printed or logged a secret"
+                          f" ({'the connection URL' if '://' in leak else 'the password'}).",
+                          "never print or log a URL with its password in it; log the host and database name,"
+                          " or the URL with the password masked")
+    if error is None:
+        return result
+    if isinstance(error, NotImplementedError):
+        raise not_done(exercise) from None
+    if allowed and isinstance(error, allowed) or isinstance(error, KeyboardInterrupt):
+        raise error
+    raise _raised(exercise, call_text, error, hint) from None
+
+
 def _inject(thread: threading.Thread) -> None:
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_TimeLimit))
@@ -423,22 +441,7 @@ def run(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT, allowed
                           " and cancelled its queries.",
                           hint or "look for a loop that never ends, a retry without a limit, or a query waiting"
                           " for a lock that your own code holds in another session")
-    leak = cap.leaked(secrets)
-    if leak is not None:
-        raise CheckFailed(f"{call_text} printed or logged a secret"
-                          f" ({'the connection URL' if '://' in leak else 'the password'}).",
-                          "never print or log a URL with its password in it; log the host and database name,"
-                          " or the URL with the password masked")
-    exc = box.get("error")
-    if exc is None:
-        return box["result"]
-    if isinstance(exc, NotImplementedError):
-        raise not_done(exercise) from None
-    if allowed and isinstance(exc, allowed):
-        raise exc
-    if isinstance(exc, KeyboardInterrupt):
-        raise exc
-    raise _raised(exercise, call_text, exc, hint) from None
+    return _outcome(exercise, call_text, cap, secrets, box.get("error"), box.get("result"), allowed, hint)
 
 
 async def _awaited(awaitable):
@@ -494,21 +497,7 @@ async def arun(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT,
         raise CheckFailed(f"{call_text} did not finish within {timeout:g} s; the check cancelled it.",
                           hint or "look for a loop that never ends, a retry without a limit, or an await that"
                           " waits on something your own code holds")
-    leak = cap.leaked(secrets)
-    if leak is not None:
-        raise CheckFailed(f"{call_text} printed or logged a secret"
-                          f" ({'the connection URL' if '://' in leak else 'the password'}).",
-                          "never print or log a URL with its password in it; log the host and database name,"
-                          " or the URL with the password masked")
-    if error is None:
-        return result
-    if isinstance(error, NotImplementedError):
-        raise not_done(exercise) from None
-    if allowed and isinstance(error, allowed):
-        raise error
-    if isinstance(error, KeyboardInterrupt):
-        raise error
-    raise _raised(exercise, call_text, error, hint) from None
+    return _outcome(exercise, call_text, cap, secrets, error, result if error is None else None, allowed, hint)
 
 
 def call(exercise: int, fn: Callable, *args, **kwargs) -> Any:
