@@ -1,10 +1,22 @@
-"""Checks for lesson 02 (connection strings): URLs with hostile passwords, settings, tagged sessions."""
+"""Checks for lesson 02 (connection strings): URLs with hostile parts, settings, tagged sessions.
+
+Exercise 1 logs in through four parsers as demo roles with hostile passwords (made and dropped by the
+check), and points them at a stand-in server (a socket on this machine that records the user, database
+and password each driver sends, then refuses the login) for hostile user and database names and an
+IPv6 host. Exercise 2 loads settings from several values of DATABASE_URL, and without it. Exercise 3
+opens look-alike sessions of its own while it asks find_session for several names.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets as _secrets
+import socket
+import struct
+import threading
 from contextlib import closing
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus
 
 import asyncpg
 import psycopg
@@ -12,154 +24,471 @@ import psycopg2
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, make_url
 
-from . import CheckFailed, NotDone, call, database_url, passed, run_async
+from . import (
+    CheckFailed,
+    NotDone,
+    check_connect,
+    database_url,
+    learner_env,
+    mask,
+    new_tag,
+    passed,
+    run,
+    run_async,
+    secrets_in,
+    with_params,
+)
 
-HOSTILE_ROLE = "exercise02_hostile"
+HOSTILE_ROLE = "exercise02_hostile"  # the prefix of the demo roles the checks make (a random suffix follows)
 HOSTILE_PASSWORD = "p@ss:w/rd#?%41 &=+'\"ü"
+SECOND_PASSWORD = "new pass/word+%2F\\ 'x'&é=?"
+SETTINGS_PASSWORD = "s3t/tings p@ss%41+:#é"
+STAND_IN_USER, STAND_IN_DATABASE, STAND_IN_PASSWORD = "exercise02 o'brien@shop:admin/x#?%41", "shop db/ü?#%2F+", "pw:@/ +%41"
+IPV6_USER, IPV6_DATABASE, IPV6_PASSWORD = "app_ipv6", "course", "v6 pass/@:#"
 ENCODE_HINT = ("percent-encode the user and the password with urllib.parse.quote(value, safe=''); the string"
                " URL.create renders is not safe for every parser (lesson 02)")
+TAG_HINT = ("give the name to libpq as the application_name connection parameter (a keyword argument of"
+            " psycopg.connect), which quotes it and sets it for the whole session; never paste it into the string")
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
 
 
-def _logins(url: str) -> dict[str, str]:
-    """Who each of four parsers logs in as with `url` (or the error it gave)."""
+def _demo_role(admin: psycopg.Connection, role: str, password: str) -> None:
+    """Make a demo role through the course's function, which takes a SCRAM verifier made here."""
+    verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    admin.execute("SELECT pgcourse.drop_demo_role(%s)", (role,))
+    admin.execute("SELECT pgcourse.create_demo_role(%s, %s)", (role, verifier.decode()))
 
-    def with_psycopg():
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            return conn.execute("SELECT current_user").fetchone()[0]
 
-    def with_psycopg2():
-        with closing(psycopg2.connect(url, connect_timeout=5)) as conn, conn.cursor() as cur:
-            cur.execute("SELECT current_user")
-            return cur.fetchone()[0]
+def _password_forms(password: str) -> list[str]:
+    """The ways a learner's code could print a password: as is, and URL-encoded."""
+    return sorted({password, quote(password, safe=""), quote(password), quote_plus(password)})
 
-    async def with_asyncpg():
+
+# --- the four parsers ----------------------------------------------------------------------------
+
+def _with_psycopg(url):
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return conn.execute("SELECT current_user").fetchone()[0]
+
+
+def _with_psycopg2(url):
+    with closing(psycopg2.connect(url, connect_timeout=5)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        return cur.fetchone()[0]
+
+
+def _with_asyncpg(url):
+    async def attempt():
         conn = await asyncpg.connect(url, timeout=5)
         try:
             return await conn.fetchval("SELECT current_user")
         finally:
             await conn.close()
 
-    def with_sqlalchemy():
-        engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
-        try:
-            with engine.connect() as conn:
-                return conn.exec_driver_sql("SELECT current_user").scalar_one()
-        finally:
-            engine.dispose()
+    return run_async(attempt())
 
+
+def _with_sqlalchemy(url):
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT current_user").scalar_one()
+    finally:
+        engine.dispose()
+
+
+PARSERS = [("psycopg", _with_psycopg), ("psycopg2", _with_psycopg2), ("asyncpg", _with_asyncpg),
+           ("SQLAlchemy", _with_sqlalchemy)]
+
+
+def _logins(url: str) -> dict[str, str]:
+    """Who each of four parsers logs in as with `url` (or the error it gave)."""
     results = {}
-    for parser, attempt in [("psycopg", with_psycopg), ("psycopg2", with_psycopg2),
-                            ("asyncpg", lambda: run_async(with_asyncpg())), ("SQLAlchemy", with_sqlalchemy)]:
+    for parser, attempt in PARSERS:
         try:
-            results[parser] = attempt()
+            results[parser] = attempt(url)
         except Exception as exc:  # every parser fails in its own way; report what it said
             results[parser] = _short(exc)
     return results
+
+
+class _StandIn:
+    """A stand-in server on this machine: it records the user, database and password of every login
+    attempt (offering no TLS, asking for the password in clear), then refuses the login."""
+
+    def __init__(self, host: str):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.bind((host, 0))
+            self.sock.listen(16)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.settimeout(0.2)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.seen: list[dict] = []
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True, name="exercise 02 stand-in").start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._login, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read(client, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = client.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _login(self, client):
+        client.settimeout(5)
+        with contextlib.suppress(Exception), client:
+            while True:
+                size, = struct.unpack("!i", self._read(client, 4))
+                body = self._read(client, size - 4)
+                if struct.unpack("!i", body[:4])[0] in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                    client.sendall(b"N")
+                    continue
+                break
+            fields = body[4:].split(b"\0")
+            sent = {k.decode(): v.decode("utf-8", "replace") for k, v in zip(fields[0::2], fields[1::2], strict=False) if k}
+            client.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+            self._read(client, 1)
+            size, = struct.unpack("!i", self._read(client, 4))
+            sent["password"] = self._read(client, size - 4).rstrip(b"\0").decode("utf-8", "replace")
+            self.seen.append(sent)
+            message = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed (the check's stand-in server)\0\0"
+            client.sendall(b"E" + struct.pack("!i", len(message) + 4) + message)
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _sent_to(stand_in: _StandIn, url: str) -> dict[str, dict | str]:
+    """What each parser sent to the stand-in with `url`: {user, database, password}, or what went wrong."""
+    results: dict[str, dict | str] = {}
+    for parser, attempt in PARSERS:
+        before = len(stand_in.seen)
+        try:
+            who = attempt(url)
+            outcome: dict | str = f"logged in as {who!r} on another server, not the one at {stand_in.host} port {stand_in.port}"
+        except Exception as exc:  # noqa: BLE001 - the stand-in refuses every login; what it recorded counts
+            outcome = _short(exc)
+        new = stand_in.seen[before:]
+        results[parser] = new[-1] if new else (
+            f"never reached the server at {stand_in.host} port {stand_in.port} ({outcome})")
+    return results
+
+
+def _built(fn, args: tuple, secrets: list[str]) -> str:
+    built = run(1, fn, *args, secrets=secrets, timeout=20,
+                hint="run build_url on its own in a cell with these arguments, and read the error")
+    if not isinstance(built, str):
+        raise CheckFailed(f"build_url returned a {type(built).__name__}, not a str.", "return the URL as a string")
+    if not built.startswith(("postgresql://", "postgres://")):
+        raise CheckFailed(f"The URL starts with {built.split('://')[0][:30]!r}; every driver here reads postgresql://",
+                          "build a plain postgresql:// URL; SQLAlchemy's driver name is added where it is used")
+    return built
+
+
+def _misread(built: str, host: str, port: int) -> str:
+    """Which part of the URL libpq reads wrong when a parser never reached the stand-in: port, host, or the rest."""
+    try:
+        read = conninfo_to_dict(built)
+    except psycopg.Error:
+        return "host" if ":" in host else "parts"
+    if read.get("host") != host:
+        return "host"
+    return "port" if read.get("port") != str(port) else "parts"
+
+
+def _stand_in_case(fn, host: str, user: str, password: str, dbname: str, secrets: list[str], hint_for) -> bool:
+    """Point the four parsers at a stand-in server on `host`; False when the host cannot be used here."""
+    try:
+        stand_in = _StandIn(host)
+    except OSError:
+        return False
+    with stand_in:
+        built = _built(fn, (user, password, host, stand_in.port, dbname), secrets + _password_forms(password))
+        sent = _sent_to(stand_in, built)
+    wanted = {"user": user, "database": dbname, "password": password}
+    for parser, got in sent.items():
+        if isinstance(got, str):
+            raise CheckFailed(f"build_url({user!r}, ..., {host!r}, {stand_in.port}, {dbname!r}): with your URL, {parser} {got}.",
+                              hint_for(_misread(built, host, stand_in.port)))
+        wrong = [key for key in wanted if got.get(key) != wanted[key]]
+        if wrong:
+            said = ", ".join(f"{key} {got.get(key)!r} instead of {wanted[key]!r}" for key in wrong)
+            raise CheckFailed(f"build_url(..., {host!r}, {stand_in.port}, ...): with your URL, {parser} sent {said}.",
+                              hint_for(wrong[0]))
+    return True
 
 
 def build_url(fn) -> None:
     """Exercise 1: fn(user, password, host, port, dbname) -> a URL every driver reads right."""
     url = database_url()
     parts = conninfo_to_dict(url)
-    with psycopg.connect(url, autocommit=True) as learner:
-        # The course's demo-role function (README, "The learner's rights") takes a SCRAM verifier made here.
-        verifier = learner.pgconn.encrypt_password(HOSTILE_PASSWORD.encode(), HOSTILE_ROLE.encode(), b"scram-sha-256")
-        learner.execute("SELECT pgcourse.drop_demo_role(%s)", (HOSTILE_ROLE,))
-        learner.execute("SELECT pgcourse.create_demo_role(%s, %s)", (HOSTILE_ROLE, verifier.decode()))
+    token = _secrets.token_hex(3)
+    roles = [(f"{HOSTILE_ROLE}_{token}", HOSTILE_PASSWORD), (f"exercise02_second_{token}", SECOND_PASSWORD)]
+    secrets = secrets_in(url) + [form for _, password in roles for form in _password_forms(password)]
+    with check_connect(url, autocommit=True) as admin:
         try:
-            built = call(1, fn, HOSTILE_ROLE, HOSTILE_PASSWORD, parts["host"], int(parts["port"]), parts["dbname"])
-            if not isinstance(built, str):
-                raise CheckFailed(f"build_url returned a {type(built).__name__}, not a str.",
-                                  "return the URL as a string")
-            if not built.startswith(("postgresql://", "postgres://")):
-                raise CheckFailed(f"The URL starts with {built.split('://')[0]!r}://; every driver here needs postgresql://",
-                                  "build a plain postgresql:// URL; SQLAlchemy's driver name is added where it is used")
-            logins = _logins(built)
+            for role, password in roles:
+                _demo_role(admin, role, password)
+            for role, password in roles:
+                built = _built(fn, (role, password, parts["host"], int(parts["port"]), parts["dbname"]), secrets)
+                logins = _logins(built)
+                wrong = {parser: who for parser, who in logins.items() if who != role}
+                if wrong:
+                    said = "; ".join(f"{parser}: {who}" for parser, who in wrong.items())
+                    raise CheckFailed(f"With a password of {password!r}, your URL failed for {', '.join(wrong)} ({said}).",
+                                      ENCODE_HINT)
         finally:
-            learner.execute("SELECT pgcourse.drop_demo_role(%s)", (HOSTILE_ROLE,))
-    wrong = {parser: who for parser, who in logins.items() if who != HOSTILE_ROLE}
-    if wrong:
-        said = "; ".join(f"{parser}: {who}" for parser, who in wrong.items())
-        raise CheckFailed(f"With a password of {HOSTILE_PASSWORD!r}, your URL failed for {', '.join(wrong)} ({said}).",
-                          ENCODE_HINT)
-    passed(1, "psycopg, psycopg2, asyncpg and SQLAlchemy all logged in with the hostile password.")
+            for role, _ in roles:
+                with contextlib.suppress(psycopg.Error):
+                    admin.execute("SELECT pgcourse.drop_demo_role(%s)", (role,))
+
+    def parts_hint(field):
+        return {"port": "use the port you are given: the check runs servers on other ports than 5432 or the course's",
+                "host": ENCODE_HINT,
+                "parts": "percent-encode the user name and the database name the way you encode the password: each"
+                        " part of a URL is read back decoded",
+                "password": ENCODE_HINT}.get(
+            field, f"percent-encode the {'user name' if field == 'user' else 'database name'} the way you encode the"
+                   " password: each part of a URL is read back decoded")
+
+    _stand_in_case(fn, "127.0.0.1", STAND_IN_USER, STAND_IN_PASSWORD, STAND_IN_DATABASE, secrets, parts_hint)
+
+    def ipv6_hint(field):
+        return ("an IPv6 address has colons of its own: a URL writes it in square brackets, [::1], so that its"
+                " colons are not read as the one before the port" if field in ("host", "parts") else parts_hint(field))
+
+    _stand_in_case(fn, "::1", IPV6_USER, IPV6_PASSWORD, IPV6_DATABASE, secrets, ipv6_hint)  # skipped without IPv6
+    passed(1, "psycopg, psycopg2, asyncpg and SQLAlchemy all logged in with two hostile passwords, and sent hostile"
+              " user and database names unchanged.")
+
+
+# --- exercise 2 ----------------------------------------------------------------------------------
+
+SECRET_HINT = ("declare database_url as pydantic's SecretStr: it prints as stars everywhere, and you ask for the"
+               " value with .get_secret_value() only where you connect")
+
+
+def _views(settings) -> list[tuple[str, object]]:
+    """The ways a program shows its settings, as (what the learner would write, how to get it)."""
+    value = getattr(settings, "database_url", None)
+    views = [("print(settings)", lambda: str(settings)), ("repr(settings)", lambda: repr(settings)),
+             ("f'{settings}'", lambda: f"{settings}"), ("f'{settings!r}'", lambda: f"{settings!r}"),
+             ("print(settings.database_url)", lambda: str(value)), ("repr(settings.database_url)", lambda: repr(value)),
+             ("f'{settings.database_url}'", lambda: f"{value}")]
+    if hasattr(settings, "__dict__"):
+        views.append(("print(vars(settings))", lambda: repr(vars(settings))))
+    if callable(getattr(settings, "model_dump", None)):
+        views.append(("print(settings.model_dump())", lambda: repr(settings.model_dump())))
+    import dataclasses
+
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        views.append(("print(dataclasses.asdict(settings))", lambda: repr(dataclasses.asdict(settings))))
+    return views
+
+
+def _loaded(fn, env_url: str, secrets: list[str]):
+    """Call load_settings() with DATABASE_URL = env_url; judge what it returned."""
+    passwords = [s for s in secrets if "://" not in s]
+    shown = mask(env_url, passwords)
+    settings = run(2, fn, secrets=secrets, timeout=20,
+                   hint="run load_settings() on its own in a cell, with DATABASE_URL set, and read the error")
+    if not hasattr(settings, "database_url"):
+        raise CheckFailed(f"The settings object ({type(settings).__name__}) has no database_url.",
+                          "give your settings class a field named database_url")
+    here = secrets_in(env_url)
+    for said, view in _views(settings):
+        try:
+            text = view()
+        except Exception as exc:  # noqa: BLE001 - the learner's __repr__ or __str__ raised
+            raise CheckFailed(f"{said} raised {mask(_short(exc), secrets)}",
+                              "printing the settings must work: let pydantic write __repr__, or write one that returns"
+                              " a str") from None
+        if any(secret in text for secret in here):
+            raise CheckFailed(f"With DATABASE_URL = {shown}, {said} shows the password in plain text (not repeated here).",
+                              SECRET_HINT)
+    value = settings.database_url
+    reveal = getattr(value, "get_secret_value", None)
+    if not callable(reveal):
+        raise CheckFailed(f"settings.database_url is a {type(value).__name__}; the check reads the URL with"
+                          " settings.database_url.get_secret_value(), as the code that connects would.", SECRET_HINT)
+    try:
+        got = reveal()
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailed(f"settings.database_url.get_secret_value() raised {mask(_short(exc), secrets)}",
+                          SECRET_HINT) from None
+    if got != env_url:
+        raise CheckFailed(f"With DATABASE_URL = {shown}, settings.database_url.get_secret_value() gave"
+                          f" {mask(str(got), passwords)[:200]!r}, not that value.",
+                          "load the value of the environment variable DATABASE_URL as it is, at the moment"
+                          " load_settings() is called (no default, no URL written in the code)")
+
+
+def _must_fail(fn, value: str | None, secrets: list[str]) -> None:
+    """With DATABASE_URL unset (None) or set to `value`, load_settings() must raise, naming DATABASE_URL."""
+    how = "unset" if value is None else f"set to {value!r}"
+    saved = os.environ.get("DATABASE_URL")
+    if value is None:
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        os.environ["DATABASE_URL"] = value
+    try:
+        result = run(2, fn, secrets=secrets, timeout=20, allowed=(Exception,),
+                     hint="raise an exception that names DATABASE_URL; never end the program from a function")
+    except NotDone:
+        raise
+    except CheckFailed:
+        raise
+    except Exception as exc:  # any clear error is right: the check reads its message
+        text = str(exc).strip()
+        if isinstance(exc, KeyError) and text.strip("'\"").lower() == "database_url":
+            raise CheckFailed(f"With DATABASE_URL {how}, load_settings() raised a bare KeyError({text}).",
+                              "fail with a message that says what is wrong: pydantic-settings' BaseSettings does,"
+                              " or raise your own error saying that DATABASE_URL is missing") from None
+        if "database_url" not in text.lower():
+            raise CheckFailed(f"With DATABASE_URL {how}, the error does not name it: {mask(_short(exc), secrets)}",
+                              "say which variable is wrong, so that whoever deploys the program knows what to set"
+                              ) from None
+    else:
+        raise CheckFailed(f"With DATABASE_URL {how}, load_settings() returned {type(result).__name__} instead of failing.",
+                          "a missing or empty setting must stop the program at start-up, not fail later with None"
+                          + (": an empty value counts as missing (pydantic's Field has min_length)" if value == "" else
+                             "; use no default value"))
+    finally:
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
 
 
 def load_settings(fn) -> None:
-    """Exercise 2: settings from the environment; clear failure when missing; the password never printed."""
+    """Exercise 2: settings from the environment; clear failure when missing or empty; the password never shown."""
     url = database_url()
-    password = unquote(urlsplit(url).password or "")
-    settings = call(2, fn)
-    value = getattr(settings, "database_url", None)
-    if value is None:
-        raise CheckFailed(f"The settings object ({type(settings).__name__}) has no database_url.",
-                          "give your settings class a field named database_url")
-    value = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    try:
-        psycopg.connect(value, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        raise CheckFailed(f"Connecting with settings.database_url failed: {_short(exc)}",
-                          "load the value of DATABASE_URL unchanged") from None
-    for shown, text in (("repr(settings)", repr(settings)), ("str(settings)", str(settings))):
-        if password and password in text:
-            raise CheckFailed(f"{shown} shows the password in plain text (not repeated here).",
-                              "declare database_url as pydantic's SecretStr (or mask it in __repr__)")
-    saved = os.environ.pop("DATABASE_URL")
-    try:
-        result = call(2, fn)
-    except NotDone:
-        raise
-    except KeyError as exc:
-        raise CheckFailed(f"With DATABASE_URL unset, load_settings() raised a bare KeyError({exc}).",
-                          "fail with a message that says what is missing: pydantic-settings' BaseSettings does,"
-                          " or raise your own error naming DATABASE_URL") from None
-    except Exception as exc:  # any clear error is right: the check reads its message
-        if "database_url" not in str(exc).lower():
-            raise CheckFailed(f"With DATABASE_URL unset, the error does not name it: {_short(exc)}",
-                              "say which variable is missing, so that whoever deploys it knows what to set") from None
-    else:
-        raise CheckFailed(f"With DATABASE_URL unset, load_settings() returned {type(result).__name__} instead of failing.",
-                          "a missing setting must stop the program at start-up, not fail later with None")
-    finally:
-        os.environ["DATABASE_URL"] = saved
-    passed(2, "settings load from the environment, fail clearly without DATABASE_URL, and hide the password.")
+    parts = conninfo_to_dict(url)
+    role = f"exercise02_settings_{_secrets.token_hex(3)}"
+    second = (f"postgresql://{role}:{quote(SETTINGS_PASSWORD, safe='')}@{parts['host']}:{parts['port']}/"
+              f"{quote(parts['dbname'], safe='')}?connect_timeout=10")
+    tag = new_tag(2)
+    tagged = with_params(url, application_name=tag)
+    secrets = sorted(set(secrets_in(url) + secrets_in(tagged) + secrets_in(second)))
+    with check_connect(url, autocommit=True) as admin:
+        try:
+            _demo_role(admin, role, SETTINGS_PASSWORD)
+            for env_url in (tagged, second):
+                with learner_env(tag, env_url):
+                    os.environ["DATABASE_URL"] = env_url
+                    _loaded(fn, env_url, secrets)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                admin.execute("SELECT pgcourse.drop_demo_role(%s)", (role,))
+    _must_fail(fn, None, secrets)
+    _must_fail(fn, "", secrets)
+    passed(2, "settings load DATABASE_URL as it is, fail clearly when it is missing or empty, and never show the password.")
+
+
+# --- exercise 3 ----------------------------------------------------------------------------------
+
+FIND_HINT = ("look the name up in pg_stat_activity with WHERE application_name = %s and the name as a parameter:"
+             " an exact match (no LIKE, no lower()), and None when no row comes back")
+
+
+def _tagged_name(conn: psycopg.Connection, observer: psycopg.Connection) -> str | None:
+    row = observer.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                           (conn.info.backend_pid,)).fetchone()
+    return row[0] if row else None
+
+
+def _decoys(url: str, names: list[str]) -> list[psycopg.Connection]:
+    return [check_connect(url, application_name=name, autocommit=True) for name in names]
 
 
 def tagged_session(connect_fn, find_fn) -> None:
     """Exercise 3: connect_fn(url, name) tags the session; find_fn(conn, name) finds its pid."""
     url = database_url()
-    name = "exercise02: it's \"tagged\" & 100%"
-    try:
-        conn = call(3, connect_fn, url, name)
-    except psycopg.Error as exc:
-        raise CheckFailed(f"connect_tagged(url, {name!r}) raised {_short(exc)}",
-                          "pass application_name=name to psycopg.connect, so that libpq quotes it for you") from None
-    if not isinstance(conn, psycopg.Connection):
-        raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
-                          "return the connection from psycopg.connect(...)")
-    try:
-        with psycopg.connect(url, autocommit=True) as observer:
-            known_as = observer.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
-                                        (conn.info.backend_pid,)).fetchone()[0]
-            if known_as != name:
-                raise CheckFailed(f"The server knows your session as {known_as!r}, not {name!r}.",
-                                  "pass application_name=name to psycopg.connect, so that libpq quotes it for you")
-            for wanted, expected in [(name, conn.info.backend_pid), ("nobody uses this name", None),
-                                     ("' OR '1'='1", None)]:
-                try:
-                    got = call(3, find_fn, observer, wanted)
-                except psycopg.Error as exc:
-                    raise CheckFailed(f"find_session(conn, {wanted!r}) raised {_short(exc)}",
-                                      "pass the name as a parameter") from None
-                if got != expected:
-                    raise CheckFailed(f"find_session(conn, {wanted!r}) returned {got!r}; expected {expected!r}.",
-                                      "SELECT pid FROM pg_stat_activity WHERE application_name = %s, with the name"
-                                      " as a parameter; return None when no session has it")
-    finally:
-        conn.close()
-    passed(3, "the session carried its name, and find_session found it and nothing else.")
-
+    token = _secrets.token_hex(2)
+    rounds = [  # (url to connect with, the name) - the second url already names its session
+        (url, f"Exercise02 {token}: it's \"Tagged\" & 100%_done"),
+        (with_params(url, application_name=f"exercise02 {token} from the url", connect_timeout="10"),
+         f"Exercise02_{token} a\\' OR true -- 50%"),
+    ]
+    for conn_url, name in rounds:
+        # Sessions of other connections with look-alike names, open while the learner's code runs.
+        like = name.replace("%", "% more")  # what LIKE with the name as its pattern also matches
+        decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
+        conn = None
+        try:
+            conn = run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT)
+            if not isinstance(conn, psycopg.Connection):
+                raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
+                                  "return the connection that psycopg.connect(...) gives you")
+            with check_connect(url, autocommit=True) as observer:
+                known_as = _tagged_name(conn, observer)
+                if known_as != name:
+                    raise CheckFailed(f"connect_tagged(url, {name!r}): the server knows your session as {known_as!r}.",
+                                      TAG_HINT)
+                try:  # what a connection pool does between two borrowers
+                    conn.execute("RESET ALL")
+                    after_reset = _tagged_name(conn, observer)
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                if after_reset != name:
+                    raise CheckFailed(f"connect_tagged(url, {name!r}): after RESET ALL (what a connection pool runs"
+                                      f" between borrowers) the server knows your session as {after_reset!r}: the name"
+                                      " was set after connecting, not when connecting.", TAG_HINT)
+            # find_session gets a connection of its own, with standard_conforming_strings off: a quote escaped by
+            # hand is then no longer safe, while the name sent as a parameter (or quoted by psycopg) still is.
+            with check_connect(url, autocommit=True) as handed:
+                handed.execute("SET standard_conforming_strings = off")
+                handed.add_notice_handler(lambda diag: None)
+                # Names no session has, which a LIKE, a lower(), a prefix match, a query without WHERE, or a
+                # quote escaped by hand would still find among the look-alikes.
+                questions = [(name, conn.info.backend_pid), (name.split(" ")[0] + "%", None), (name.upper(), None),
+                             (name[:14], None), (name + " x", None), ("' OR '1'='1", None)]
+                for wanted, expected in questions:
+                    got = run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid],
+                              hint=FIND_HINT)
+                    if got is not None and not isinstance(got, int) or isinstance(got, bool):
+                        raise CheckFailed(f"find_session(conn, {wanted!r}) returned a {type(got).__name__} ({got!r}),"
+                                          " not a pid.", "return the pid itself (an int), or None")
+                    if got != expected:
+                        whose = ""
+                        if got is not None:
+                            row = handed.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                                                 (got,)).fetchone()
+                            whose = (" (the pid of the connection you were given)" if got == handed.info.backend_pid
+                                     else f" (the session called {row[0]!r})" if row else " (no session has it)")
+                        raise CheckFailed(f"While sessions with look-alike names were open, find_session(conn, {wanted!r})"
+                                          f" returned {got!r}{whose}; expected {expected!r}.", FIND_HINT)
+        finally:
+            if isinstance(conn, psycopg.Connection):
+                conn.close()
+            for decoy in decoys:
+                decoy.close()
+    passed(3, "each session carried its name from the start, and find_session found it, and nothing else, among"
+              " look-alike names.")
