@@ -1,28 +1,35 @@
-"""Checks for lesson 05 (bulk loading): load a CSV with COPY, upsert from staging, export with COPY.
+"""Checks for lesson 05 (bulk loading): load a CSV with COPY, upsert through staging, export with COPY.
 
-The checks work in a schema `exercise05` that they create and drop, give the learner's function an
-autocommit connection whose search_path points there, and judge what reached the server: the rows,
-the statements (a statement-level trigger records each one's text), the speed against a row-by-row
-baseline the check runs itself, and the bytes of an exported file.
+The checks work in a schema `exercise05` that they create (committed) and drop again, and call the
+learner's function several times, with files or statuses whose right answers differ, on connections
+they open themselves (autocommit, `search_path` exercise05, public, tagged with their own
+application_name). They judge what reached the server: the rows; the statements that wrote the target
+table (a statement-level trigger records each one's text, on every platform); where psycopg can trace
+libpq (Linux), every message the connection sent, so that a row that travelled as SQL text or as a
+parameter instead of COPY data is seen even when it went through a table of the learner's own; the
+speed of a load against the check's own COPY of the same file; and the bytes of an exported file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg import pq, sql
 
-from . import CheckFailed, call, database_url, passed
+from . import CheckFailed, check_connect, database_url, disorder, learner_env, new_tag, passed, run, with_params
 
 SCHEMA = "exercise05"  # also written literally in the SQL below
 TABLES = """
@@ -39,25 +46,142 @@ END $$;
 CREATE TRIGGER record AFTER INSERT ON exercise05.products_import
     FOR EACH STATEMENT EXECUTE FUNCTION exercise05.record_statement();
 CREATE TABLE exercise05.prices (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) NOT NULL CHECK (price > 0));
+CREATE TRIGGER record AFTER INSERT OR UPDATE ON exercise05.prices
+    FOR EACH STATEMENT EXECUTE FUNCTION exercise05.record_statement();
 """
-LOAD_ROWS = 10_000
-SPEED_CLASS = 5  # COPY loads tens of times faster than one INSERT per row; pipelined INSERTs a few times
+TIME_LIMIT = 30  # seconds per call of the learner's function: row by row, 10,000 rows take a few seconds
+
+
+@dataclass
+class _Exercise:
+    admin: psycopg.Connection
+    workdir: Path
+    tag: str
+    url: str  # the tagged URL
+    conns: list[psycopg.Connection] = field(default_factory=list)
+
+    def learner(self, **settings: str) -> psycopg.Connection:
+        """A connection for the learner's function: autocommit, search_path exercise05, public, tagged."""
+        options = " ".join(f"-c {k}={v}" for k, v in {"search_path": f"{SCHEMA},public", **settings}.items())
+        conn = psycopg.connect(with_params(self.url, options=options), autocommit=True)
+        self.conns.append(conn)
+        return conn
+
+    def call(self, exercise: int, fn: Callable, conn: psycopg.Connection, *args, allowed=(), hint=None):
+        return run(exercise, fn, conn, *args, timeout=TIME_LIMIT, tag=self.tag, allowed=allowed, hint=hint)
 
 
 @contextmanager
-def _exercise() -> Iterator:
-    """Fresh tables and a scratch directory; yields (learner connection, admin connection, directory)."""
+def _exercise() -> Iterator[_Exercise]:
+    """Fresh tables and a scratch directory, torn down again whatever happens."""
     url = database_url()
+    tag = new_tag(5)
     workdir = Path(tempfile.mkdtemp(prefix="exercise05-"))
-    with psycopg.connect(url, autocommit=True) as admin:
+    with check_connect(url, autocommit=True) as admin:
         admin.execute(TABLES)
-        learner = psycopg.connect(make_conninfo(url, options=f"-c search_path={SCHEMA},public"), autocommit=True)
+        ex = None
         try:
-            yield learner, admin, workdir
+            with learner_env(tag, url) as tagged:
+                ex = _Exercise(admin, workdir, tag, tagged)
+                yield ex
         finally:
-            learner.close()
-            admin.execute("DROP SCHEMA exercise05 CASCADE")
+            for conn in ex.conns if ex else ():
+                conn.close()
+            with contextlib.suppress(psycopg.Error):
+                admin.execute("DROP SCHEMA IF EXISTS exercise05 CASCADE")
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Wire:
+    """What a connection sent to the server while inside (a libpq trace), where psycopg can trace it
+    (Linux). `available` is False elsewhere; the checks then judge by the server's evidence only."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn, self.available, self.sent = conn, False, []
+
+    def __enter__(self) -> _Wire:
+        try:
+            self._file = tempfile.TemporaryFile()
+            self._fd = os.dup(self._file.fileno())
+            self.conn.pgconn.trace(self._fd)
+            self.conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            self.available = True
+        except (psycopg.Error, AttributeError, OSError):
+            self.available = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.available:
+            return
+        with contextlib.suppress(Exception):
+            self.conn.pgconn.untrace()  # flushes; libpq writes nothing more
+        self._file.seek(0)
+        for line in self._file.read().decode("ascii", "replace").splitlines():
+            parts = line.split("\t", 3)
+            if len(parts) == 4 and parts[0] == "F":
+                self.sent.append((parts[2], parts[3]))
+        self._file.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+    def carrying(self, pattern: re.Pattern) -> dict[str, int]:
+        """How many messages of each kind (Query, Parse, Bind, CopyData...) carried a value matching pattern."""
+        kinds: dict[str, int] = {}
+        for kind, text in self.sent:
+            if pattern.search(text):
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+
+def _how_values_travelled(wire: _Wire, statements: list[str], pattern: re.Pattern, what: str, rows: int,
+                          hint_params: str, hint_many: str) -> CheckFailed | None:
+    """A verdict when the file's values reached the server any other way than as COPY data.
+
+    `statements` are the texts of the statements that wrote the target table (recorded by its trigger,
+    on every platform); the wire, where available, also sees what went through tables of the learner's own.
+    """
+    pasted = [q for q in statements if pattern.search(q)]
+    carried = wire.carrying(pattern) if wire.available else {}
+    traced = bool(carried)  # the values went over this connection, and the trace saw how
+    in_sql = carried.get("Query", 0) + carried.get("Parse", 0)
+    if pasted or in_sql:
+        return CheckFailed(f"The file's {what} reached the server written into the SQL text of"
+                           f" {len(pasted) or in_sql} statement(s), not as COPY data.",
+                           "never paste values into SQL (no f-strings, no quoting by hand): stream the file into"
+                           " COPY ... FROM STDIN and let the server parse it")
+    with_params = [q for q in statements if re.search(r"\$[0-9]", q)]
+    if carried.get("Bind") or (with_params and not traced):
+        n = carried.get("Bind") or len(with_params)
+        return CheckFailed(f"The file's {what} reached the server as parameters of {n} statement execution(s)"
+                           " (INSERT ... VALUES, executemany or arrays), not as COPY data.", hint_params)
+    if len(statements) > max(10, rows // 100):
+        return CheckFailed(f"The server received {len(statements)} statements that wrote the table, for {rows:,}"
+                           f" {what}: one round trip per row, or nearly.", hint_many)
+    return None
+
+
+def _learner_left_transaction(conn: psycopg.Connection, call_text: str) -> CheckFailed | None:
+    status = conn.info.transaction_status
+    if status == pq.TransactionStatus.IDLE:
+        conn.autocommit = True
+        return None
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
+    conn.autocommit = True
+    return CheckFailed(f"{call_text} returned with a transaction still open on conn, so what it wrote was not"
+                       " committed (the check rolled it back).",
+                       "write inside `with conn.transaction():`, which commits when the block ends, or leave conn"
+                       " in autocommit")
+
+
+# --- Exercise 1 ----------------------------------------------------------------------------------
+
+LOAD_ROWS = 10_000
+SPEED_MARGIN = 6  # a COPY through Python (csv + write_row) runs 2-3x the check's COPY of the file in blocks;
+                  # executemany runs 10-15x, multi-row VALUES with parameters about 10x, row by row 50x
+SPEED_RUNS = 3
+SKU = re.compile(r"SKU-[0-9]{6}")
+HEADER = ("sku", "name", "price", "stock")
 
 
 def _product_rows(n: int = LOAD_ROWS, seed: int = 5) -> list[tuple]:
@@ -66,6 +190,15 @@ def _product_rows(n: int = LOAD_ROWS, seed: int = 5) -> list[tuple]:
     names = ["Mug, large", 'The "best" pen', "Zoë's café blend", "naïve ☕ cup", "Notebook\nruled", "Plain box"]
     return [(f"SKU-{i:06d}", f"{rng.choice(names)} #{i}", None if i % 50 == 0 else Decimal(rng.randrange(100, 99_999)) / 100,
              rng.randrange(0, 500)) for i in range(1, n + 1)]
+
+
+SMALL_ROWS = [
+    ("SKU-900001", "Mug, large", Decimal("4.50"), 10),
+    ("SKU-900002", 'The "best" pen', None, 0),  # unknown price: NULL, not 0 and not ''
+    ("SKU-900003", "Zoë's café\nblend", Decimal("0.00"), 3),  # a line break inside a name; a price of zero is 0
+    ("SKU-900004", "naïve ☕ cup", Decimal("12.00"), 500),
+    ("SKU-900005", "Plain box", None, 1),
+]
 
 
 def _write_csv(path: Path, header: tuple, rows: list[tuple]) -> None:
@@ -80,113 +213,271 @@ def _fingerprint(admin: psycopg.Connection, table: str) -> tuple:
     return admin.execute(query.format(sql.Identifier(SCHEMA, table))).fetchone()
 
 
+def _copy_file(conn: psycopg.Connection, table: str, path: Path) -> None:
+    """The check's own load: COPY the file in blocks (the reference for rows and for speed)."""
+    query = sql.SQL("COPY {} (sku, name, price, stock) FROM STDIN (FORMAT csv, HEADER)").format(sql.Identifier(SCHEMA, table))
+    with conn.cursor() as cur, open(path, "rb") as source, cur.copy(query) as copy:
+        while block := source.read(1 << 16):
+            copy.write(block)
+
+
+def _load_hint(exc: BaseException) -> str:
+    text = str(exc)
+    if any(f'"{word}"' in text for word in HEADER):
+        return "the file's first line is its header: COPY ... (FORMAT csv, HEADER) skips it"
+    if isinstance(exc, psycopg.errors.BadCopyFileFormat) or "unterminated CSV" in text or "extra data" in text:
+        return "let the server parse the file as CSV (FORMAT csv): quoted fields may hold commas, quotes and line breaks"
+    if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and "numeric" in text:
+        return "an empty price is unknown: it must arrive as NULL (COPY's CSV format makes an empty unquoted field NULL)"
+    return "run your function on its own in a cell with the same arguments, and read the error"
+
+
 def load_csv(fn) -> None:
     """Exercise 1: fn(conn, path) loads the CSV into products_import with COPY and returns the row count."""
-    with _exercise() as (learner, admin, workdir):
-        rows = _product_rows()
-        path = workdir / "products.csv"
-        _write_csv(path, ("sku", "name", "price", "stock"), rows)
-        started = time.perf_counter()
-        with admin.transaction():  # the baseline: one INSERT per row, in one transaction
-            for row in rows:
-                admin.execute("INSERT INTO exercise05.baseline VALUES (%s, %s, %s, %s)", row)
-        baseline = time.perf_counter() - started
+    with _exercise() as ex:
+        conn, admin = ex.learner(), ex.admin
+        files = [("small.csv", SMALL_ROWS), ("empty.csv", []), ("products.csv", _product_rows())]
+        for name, rows in files:
+            path = ex.workdir / name
+            _write_csv(path, HEADER, rows)
+            admin.execute("TRUNCATE exercise05.products_import, exercise05.baseline, exercise05.statements")
+            _copy_file(admin, "baseline", path)
+            call_text = f"{getattr(fn, '__name__', 'your function')}(conn, {str(path)!r})"
+            with _Wire(conn) as wire:
+                try:
+                    returned = ex.call(1, fn, conn, str(path), allowed=(psycopg.Error,))
+                except psycopg.Error as exc:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _load_hint(exc)) from None
+            if left := _learner_left_transaction(conn, call_text):
+                raise left
+            statements = [q for (q,) in admin.execute("SELECT query FROM exercise05.statements")]
+            verdict = _how_values_travelled(
+                wire, statements, SKU, "rows", len(rows),
+                "load with one COPY: cur.copy(\"COPY products_import ... FROM STDIN (FORMAT csv, HEADER)\") and"
+                " write the file into it",
+                "open one COPY for the whole file and write the file into it in blocks")
+            if verdict:
+                raise verdict
+            got, want = _fingerprint(admin, "products_import"), _fingerprint(admin, "baseline")
+            if got[0] != want[0]:
+                raise CheckFailed(f"After {call_text}, products_import holds {got[0]:,} rows; the file has {want[0]:,}"
+                                  " products (one per CSV record; a quoted name may span two lines).",
+                                  "COPY ... FROM STDIN (FORMAT csv, HEADER) reads the header as a header and every"
+                                  " record as one row")
+            if got != want:
+                sample = admin.execute(
+                    "SELECT p.sku, p.name, p.price, b.name, b.price FROM exercise05.products_import p"
+                    " FULL JOIN exercise05.baseline b USING (sku) WHERE (p.name, p.price, p.stock) IS DISTINCT FROM"
+                    " (b.name, b.price, b.stock) ORDER BY sku LIMIT 1").fetchone()
+                raise CheckFailed(f"After {call_text}, the rows differ from the file: {sample[0]} was loaded as"
+                                  f" (name {sample[1]!r}, price {sample[2]}) instead of ({sample[3]!r}, {sample[4]}).",
+                                  "let the server parse the CSV (FORMAT csv): an empty unquoted field is NULL, and"
+                                  " quoted fields may hold commas, quotes and line breaks")
+            if type(returned) is not int or returned != len(rows):
+                raise CheckFailed(f"{call_text} returned {returned!r}; it loaded {len(rows):,} rows.",
+                                  "return the number of rows COPY loaded: cur.rowcount after the copy block, read"
+                                  " inside the cursor's block (a closed cursor reports -1); a file's lines are not"
+                                  " its rows when a name holds a line break")
+        _judge_speed(ex, fn, conn, path, call_text)
 
-        started = time.perf_counter()
-        returned = call(1, fn, learner, str(path))
-        took = time.perf_counter() - started
-        got, want = _fingerprint(admin, "products_import"), _fingerprint(admin, "baseline")
-        if got[0] != want[0]:
-            raise CheckFailed(f"products_import holds {got[0]} rows; the file has {want[0]} data lines.",
-                              "COPY ... FROM STDIN (FORMAT csv, HEADER) reads the header line as a header, not data")
-        if got != want:
-            sample = admin.execute("SELECT p.sku, p.name, p.price, b.name, b.price FROM exercise05.products_import p "
-                                   "JOIN exercise05.baseline b USING (sku) WHERE (p.name, p.price) IS DISTINCT FROM "
-                                   "(b.name, b.price) ORDER BY sku LIMIT 1").fetchone()
-            raise CheckFailed(f"The rows differ from the file: {sample[0]} was loaded as ({sample[1]!r}, {sample[2]})"
-                              f" instead of ({sample[3]!r}, {sample[4]}).",
-                              "let the server parse the CSV (FORMAT csv): an empty unquoted field is NULL, and quoted"
-                              " fields may hold commas, quotes and line breaks")
-        statements = [q for (q,) in admin.execute("SELECT query FROM exercise05.statements")]
-        if not any(q.lstrip().upper().startswith("COPY") for q in statements):
-            raise CheckFailed(f"The server received {len(statements)} INSERT statement(s) and no COPY.",
-                              "open cur.copy(\"COPY products_import FROM STDIN (FORMAT csv, HEADER)\") and write"
-                              " the file into it in blocks")
-        if returned != len(rows):
-            raise CheckFailed(f"Your function returned {returned!r}; it loaded {len(rows)} rows.",
-                              "read cur.rowcount after the copy block but inside the cursor's block (a closed"
-                              " cursor reports -1)")
-        if took * SPEED_CLASS > baseline:
-            raise CheckFailed(f"Your load took {took:.2f} s; one INSERT per row took {baseline:.2f} s here, only"
-                              f" {baseline / took:.1f}× slower.", "stream the file with copy.write() and let the server parse it:"
-                              f" a COPY should be at least {SPEED_CLASS}× faster than row-by-row INSERTs")
-        passed(1, f"{len(rows):,} rows in one COPY, {baseline / took:.0f}× faster than one INSERT per row")
 
+def _judge_speed(ex: _Exercise, fn, conn: psycopg.Connection, path: Path, call_text: str) -> None:
+    """Best of up to SPEED_RUNS runs each, the check's COPY and the learner's load taking turns."""
+    admin = ex.admin
+    reference, learner = float("inf"), float("inf")
+    for _ in range(SPEED_RUNS):
+        admin.execute("TRUNCATE exercise05.baseline")
+        started = time.perf_counter()
+        _copy_file(admin, "baseline", path)
+        reference = min(reference, time.perf_counter() - started)
+        admin.execute("TRUNCATE exercise05.products_import")
+        started = time.perf_counter()
+        ex.call(1, fn, conn, str(path))
+        learner = min(learner, time.perf_counter() - started)
+        if learner <= reference * SPEED_MARGIN:
+            break
+    if learner > reference * SPEED_MARGIN:
+        raise CheckFailed(f"{call_text} took {learner:.2f} s at best ({SPEED_RUNS} runs); the check's own COPY of"
+                          f" the same file took {reference:.3f} s at best: yours is {learner / reference:.0f}× slower,"
+                          f" and the check allows {SPEED_MARGIN}×.",
+                          "stream the file with copy.write() in blocks, inside one COPY, and let the server parse it")
+    passed(1, f"three files ({LOAD_ROWS:,}, {len(SMALL_ROWS)} and 0 rows) loaded right by COPY; {LOAD_ROWS:,} rows in"
+              f" {learner * 1000:.0f} ms, {learner / reference:.1f}× the check's own COPY (allowed: {SPEED_MARGIN}×)")
+
+
+# --- Exercise 2 ----------------------------------------------------------------------------------
 
 PRICE_ROWS = 100
+PRICE_SKU = re.compile(r"P[0-9]{4}")
 
 
-def _price_file(path: Path) -> tuple[dict[str, tuple[str, Decimal]], list[int]]:
-    """Write the import file; return the table the upsert must leave and the rejected file lines."""
+def _initial_prices() -> dict[str, tuple[str, Decimal]]:
     rng = random.Random(17)
-    final = {f"P{i:04d}": (f"item {i}", Decimal(rng.randrange(100, 9_999)) / 100) for i in range(1, PRICE_ROWS + 1)}
-    lines: list[tuple] = []
-    for i in range(1, 31):  # 30 updates of existing products
-        final[f"P{i:04d}"] = (f"item {i} (new)", Decimal(rng.randrange(100, 9_999)) / 100)
-        lines.append((f"P{i:04d}", *final[f"P{i:04d}"]))
-    for i in range(PRICE_ROWS + 1, PRICE_ROWS + 31):  # 30 new products
-        final[f"P{i:04d}"] = (f"item {i}", Decimal(rng.randrange(100, 9_999)) / 100)
-        lines.append((f"P{i:04d}", *final[f"P{i:04d}"]))
+    return {f"P{i:04d}": (f"item {i}", Decimal(rng.randrange(100, 9_999)) / 100) for i in range(1, PRICE_ROWS + 1)}
+
+
+def _price_files() -> list[tuple[str, list[tuple[str, str, str, bool]]]]:
+    """Import files: (name, [(sku, name, price text, valid)]), whose right answers differ."""
+    rng = random.Random(23)
+
+    def price() -> str:
+        return f"{rng.randrange(100, 9_999) / 100:.2f}"
+
+    first: list[tuple[str, str, str, bool]] = []
+    first += [(f"P{i:04d}", f"item {i} (new)", price(), True) for i in range(1, 31)]  # updates
+    first += [(f"P{i:04d}", f"item {i}", price(), True) for i in range(PRICE_ROWS + 1, PRICE_ROWS + 31)]  # new
     bad = [("P0031", "item 31", "n/a"), ("P0032", "item 32", "-1.00"), ("P0033", "item 33", ""),
-           ("P0034", "item 34", "1,50"), ("", "no sku", "2.00"), ("P0035", "item 35", "0")]
-    positions = [5, 17, 33, 41, 50, 58]
-    for position, row in zip(positions, bad, strict=True):
-        lines.insert(position, row)
-    final["P0002"] = ("item 2 (last line wins)", Decimal("12.34"))
-    lines.append(("P0002", *final["P0002"]))
-    _write_csv(path, ("sku", "name", "price"), lines)
-    rejected = sorted(index + 2 for index, line in enumerate(lines) if line in bad)  # line 1 is the header
+           ("P0034", "item 34", "1,50"), ("", "no sku", "2.00"), ("P0035", "item 35", "0"),
+           ("P0036", "item 36", "0.00"), ("P0037", "item 37", "12.505"), ("P0038", "item 38", "1e3"),
+           ("P0039", "item 39", " 12.50 "), ("P0040", "item 40", "123456789.50"), ("P0041", "item 41", "12345678901.5"),
+           ("P0042", "", "5.00"), ("P0043", "item 43", "+5.00"), ("P0131", "new but wrong", "abc")]
+    good = [("P0044", "item 44 (largest price)", "99999999.99"), ("P0045", "item 45 (smallest)", "0.01"),
+            ("P0046", "item 46", "7"), ("P0047", "item 47", "7.5")]
+    for position, row in zip(range(3, 3 + 4 * len(bad), 4), bad, strict=False):
+        first.insert(position, (*row, False))
+    for position, row in zip(range(5, 5 + 9 * len(good), 9), good, strict=False):
+        first.insert(position, (*row, True))
+    first += [("P0002", "item 2 (last line wins)", "12.34", True),
+              ("P0003", "item 3 (invalid last line)", "-5", False),  # the last *valid* line for P0003 wins
+              ("P0132", "new, first line", "1.00", True), ("P0132", "new, last line", "2.00", True)]
+
+    second = [(f"P{i:04d}", f"item {i} (second import)", price(), True) for i in range(50, 71)]
+    second += [(f"P{i:04d}", f"item {i}, \"quoted\"", price(), True) for i in range(201, 211)]
+    second += [("P0060", "item 60 (last line wins)", "60.60", True)]
+
+    third = [("P0070", "item 70", "free", False), ("", "", "", False), ("P0301", "item 301", "-0.01", False)]
+    return [("prices-1.csv", first), ("prices-2.csv", second), ("prices-3.csv", third)]
+
+
+def _expected(lines: list[tuple[str, str, str, bool]]) -> tuple[dict[str, tuple[str, Decimal]], list[int]]:
+    final = _initial_prices()
+    for sku, name, price, ok in lines:
+        if ok:
+            final[sku] = (name, Decimal(price))
+    rejected = [number for number, line in enumerate(lines, start=2) if not line[3]]  # line 1 is the header
     return final, rejected
+
+
+def _reset_prices(admin: psycopg.Connection) -> None:
+    with admin.transaction():
+        admin.execute("TRUNCATE exercise05.prices")
+        with admin.cursor() as cur, cur.copy("COPY exercise05.prices (sku, name, price) FROM STDIN") as copy:
+            for sku, (name, price) in _initial_prices().items():
+                copy.write_row((sku, name, price))
+        admin.execute("TRUNCATE exercise05.statements")
+
+
+def _left_behind(admin: psycopg.Connection, conn: psycopg.Connection) -> list[str]:
+    tables = [f"{s}.{n}" for s, n in admin.execute(
+        "SELECT schemaname, tablename FROM pg_tables WHERE schemaname IN ('exercise05', 'public')"
+        " UNION ALL SELECT schemaname, viewname FROM pg_views WHERE schemaname IN ('exercise05', 'public')")]
+    try:
+        temp = [f"temporary {n}" for (n,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relkind IN ('r', 'v', 'm', 'p')"
+            " ORDER BY relname")]
+    except psycopg.Error:
+        temp = []
+    return sorted(tables) + temp
+
+
+def _upsert_hint(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.errors.CardinalityViolation):
+        return ("a sku that appears on several lines must reach ON CONFLICT once: keep its last valid line"
+                " (DISTINCT ON (sku) ... ORDER BY sku, line DESC)")
+    if isinstance(exc, psycopg.errors.NumericValueOutOfRange):
+        return "a price must also fit the column numeric(10,2), below 100,000,000: reject the line before any cast"
+    if isinstance(exc, (psycopg.errors.InvalidTextRepresentation, psycopg.errors.NotNullViolation,
+                        psycopg.errors.CheckViolation)):
+        return ("stage the raw lines as text, decide which are valid before casting anything, and move only those"
+                " (a cast of a bad line fails the whole statement)")
+    if isinstance(exc, psycopg.errors.DuplicateTable):
+        return ("the staging table of the previous call is still there: drop it before returning, or create it"
+                " with ON COMMIT DROP inside `with conn.transaction():`")
+    return "run your function on its own in a cell with the same arguments, and read the error"
 
 
 def upsert_prices(fn) -> None:
     """Exercise 2: fn(conn, path) upserts the valid lines into prices and returns the rejected line numbers."""
-    with _exercise() as (learner, admin, workdir):
-        path = workdir / "prices.csv"
-        rng = random.Random(17)
-        for i in range(1, PRICE_ROWS + 1):
-            admin.execute("INSERT INTO exercise05.prices VALUES (%s, %s, %s)",
-                          (f"P{i:04d}", f"item {i}", Decimal(rng.randrange(100, 9_999)) / 100))
-        final, rejected = _price_file(path)
-        tables_before = _tables(admin)
-        returned = call(2, fn, learner, str(path))
-        got = {sku: (name, price) for sku, name, price in admin.execute("SELECT * FROM exercise05.prices ORDER BY sku")}
-        missing_updates = [sku for sku in sorted(final) if sku in got and got[sku] != final[sku]]
-        if len(got) != len(final):
-            raise CheckFailed(f"prices holds {len(got)} rows; after the import it should hold {len(final)}.",
-                              "insert the lines whose sku is new, update the ones that exist (ON CONFLICT (sku) DO"
-                              " UPDATE), and skip invalid lines")
-        if missing_updates:
-            sku = missing_updates[0]
-            raise CheckFailed(f"{sku} is {got[sku]} after the import; the file's last line for it says {final[sku]}.",
-                              "update existing rows (DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price), and"
-                              " when a sku appears twice keep the last line (DISTINCT ON (sku) ... ORDER BY sku, line DESC)")
-        if sorted(returned or []) != rejected:
-            raise CheckFailed(f"Your function returned {returned!r} as the rejected lines; they are {rejected}.",
-                              "number lines as a text editor does (the header is line 1), and reject a line whose"
-                              " sku is empty or whose price is not a positive number")
-        if _tables(admin) != tables_before:
-            raise CheckFailed(f"The import left these tables behind: {sorted(_tables(admin) - tables_before)}.",
-                              "stage into a TEMP table (CREATE TEMP TABLE ... ON COMMIT DROP), or drop it afterwards")
-        passed(2, f"{len(final) - PRICE_ROWS} inserted, 30 updated, {len(rejected)} lines rejected")
+    with _exercise() as ex:
+        conn, admin = ex.learner(), ex.admin
+        before = _left_behind(admin, conn)
+        totals = [0, 0]
+        for name, lines in _price_files():
+            path = ex.workdir / name
+            with path.open("w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out)
+                writer.writerow(("sku", "name", "price"))
+                writer.writerows(line[:3] for line in lines)
+            final, rejected = _expected(lines)
+            _reset_prices(admin)
+            call_text = f"{getattr(fn, '__name__', 'your function')}(conn, {str(path)!r})"
+            with _Wire(conn) as wire:
+                try:
+                    returned = ex.call(2, fn, conn, str(path), allowed=(psycopg.Error,))
+                except psycopg.Error as exc:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _upsert_hint(exc)) from None
+            if left := _learner_left_transaction(conn, call_text):
+                raise left
+            statements = [q for (q,) in admin.execute("SELECT query FROM exercise05.statements")]
+            verdict = _how_values_travelled(
+                wire, statements, PRICE_SKU, "lines", len(lines),
+                "COPY the file into a staging table, then move the valid lines with one INSERT ... SELECT ... ON CONFLICT",
+                "move all the valid lines from the staging table with one INSERT ... SELECT ... ON CONFLICT")
+            if verdict:
+                raise verdict
+            if not isinstance(returned, (list, tuple)) or not all(type(n) is int for n in returned):
+                raise CheckFailed(f"{call_text} returned {returned!r}; it should return the rejected line numbers as a"
+                                  " list of int" + (" (an empty list when every line is valid)." if not rejected else "."),
+                                  "collect the line numbers into a list, e.g. [line for (line,) in cur.execute(...)]")
+            if sorted(returned) != rejected:
+                missed, extra = sorted(set(rejected) - set(returned)), sorted(set(returned) - set(rejected))
+                shown = {n: lines[n - 2][:3] for n in (missed + extra)[:1] if 2 <= n < len(lines) + 2}
+                detail = "; ".join(f"line {n} is sku {s!r}, name {nm!r}, price {p!r}" for n, (s, nm, p) in shown.items())
+                raise CheckFailed(f"{call_text} returned {sorted(returned)} as the rejected lines; they are {rejected}"
+                                  + (f" (missing {missed[:5]})" if missed else "") + (f" (not wrong: {extra[:5]})" if extra else "")
+                                  + (f". {detail}." if detail else "."),
+                                  "number lines as a text editor does (the header is line 1), and apply every rule of the"
+                                  " task: a price is digits, optionally a point and one or two digits, above 0 and below"
+                                  " 100,000,000; sku and name must not be empty")
+            got = {sku: (nm, price) for sku, nm, price in admin.execute("SELECT * FROM exercise05.prices ORDER BY sku")}
+            wrong = [sku for sku in sorted(set(final) | set(got)) if got.get(sku) != final.get(sku)]
+            if wrong:
+                sku = wrong[0]
+                raise CheckFailed(f"After {call_text}, {sku} is {got.get(sku, 'missing')}; it should be"
+                                  f" {final.get(sku, 'absent (only an invalid line names it)')}"
+                                  f" ({len(wrong)} product(s) differ).",
+                                  "insert new skus and update existing ones (ON CONFLICT (sku) DO UPDATE SET name ="
+                                  " EXCLUDED.name, price = EXCLUDED.price); when a sku appears on several lines, its"
+                                  " last valid line wins")
+            after = _left_behind(admin, conn)
+            if after != before:
+                raise CheckFailed(f"{call_text} left {', '.join(sorted(set(after) - set(before)))} behind.",
+                                  "create the staging table as TEMP ... ON COMMIT DROP inside `with conn.transaction():`,"
+                                  " or drop it (and any view on it) before returning")
+            totals[0] += len(set(final) - set(_initial_prices()))
+            totals[1] += len(rejected)
+        passed(2, f"three imports upserted right ({totals[0]} new products, last valid line wins), {totals[1]} invalid"
+                  " lines reported, nothing left behind")
 
 
-def _tables(admin: psycopg.Connection) -> set[str]:
-    return {name for (name,) in admin.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'exercise05'")}
+# --- Exercise 3 ----------------------------------------------------------------------------------
 
-
-EXPORT_QUERY = ("COPY (SELECT id, customer_id, status, created_at FROM public.orders WHERE status = %s ORDER BY id)"
+EXPORT_QUERY = ("COPY (SELECT id, customer_id, status, created_at FROM exercise05.orders WHERE status = %s ORDER BY id)"
                 " TO STDOUT (FORMAT csv, HEADER)")
+TRICKY_STATUS = "on hold \\ 'ask Bob'"  # a backslash and quotes; orders with it exist in the check's copy
+INJECTION = "paid' OR ''='"  # no order has it
+
+
+def _orders_copy(admin: psycopg.Connection) -> None:
+    """exercise05.orders: the course's orders plus a few with TRICKY_STATUS, stored out of id order."""
+    admin.execute("CREATE TABLE exercise05.orders AS SELECT id, customer_id, status, created_at FROM public.orders")
+    admin.execute("INSERT INTO exercise05.orders SELECT m.top + 4 - g, o.customer_id, %s, o.created_at"
+                  " FROM (SELECT max(id) AS top FROM public.orders) AS m, generate_series(1, 3) AS g"
+                  " JOIN LATERAL (SELECT * FROM public.orders ORDER BY id LIMIT 1 OFFSET g) AS o ON true",
+                  (TRICKY_STATUS,))
+    disorder(admin, "orders", key="id", where="status IN ('shipped', 'cancelled')")
 
 
 def _reference_export(admin: psycopg.Connection, status: str) -> bytes:
@@ -194,31 +485,80 @@ def _reference_export(admin: psycopg.Connection, status: str) -> bytes:
         return b"".join(copy)
 
 
+def _export_difference(status: str, got: bytes, want: bytes) -> tuple[str, str]:
+    """What differs between the learner's file and COPY's, in the learner's terms, and one hint."""
+    mine, theirs = got.splitlines(), want.splitlines()
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs)))
+    seen = mine[first].decode("utf-8", "replace") if first < len(mine) else "(end of file)"
+    expected = theirs[first].decode("utf-8", "replace") if first < len(theirs) else "(end of file)"
+    observed = (f"For status {status!r}, line {first + 1} of your file is {seen!r}; COPY writes {expected!r}"
+                f" ({len(mine)} lines against {len(theirs)}).")
+    if theirs and mine and mine[0] != theirs[0] and mine[0] == (theirs[1] if len(theirs) > 1 else None):
+        return observed, "the first line must be the header: add HEADER to COPY's options"
+    if sorted(mine) == sorted(theirs):
+        return (observed + " The same lines, in another order.",
+                "order the rows in the COPY's query (ORDER BY id): without it they come in the order the table"
+                " happens to store them")
+    if first < len(mine) and first < len(theirs) and mine[first].split(b",")[:3] == theirs[first].split(b",")[:3]:
+        return (observed + " Only created_at is written differently.",
+                "write the bytes COPY ... TO STDOUT (FORMAT csv) sends, as they come: Python's csv module formats"
+                " timestamps differently from PostgreSQL")
+    return observed, ("let the server write the CSV: COPY (SELECT ... WHERE status = %s ORDER BY id) TO STDOUT"
+                      " (FORMAT csv, HEADER), and write each block it yields to the file")
+
+
 def export_orders(fn) -> None:
     """Exercise 3: fn(conn, path, status) writes the orders with that status as CSV and returns how many."""
-    with _exercise() as (learner, admin, workdir):
-        for status in ("shipped", "cancelled", "paid' OR ''='"):
-            path = workdir / "orders.csv"
-            path.unlink(missing_ok=True)
-            returned = call(3, fn, learner, str(path), status)
+    with _exercise() as ex:
+        admin = ex.admin
+        _orders_copy(admin)
+        standard, escaping = ex.learner(), ex.learner()
+        try:
+            escaping.execute("SET standard_conforming_strings = off")
+        except psycopg.Error:  # a server that no longer allows it: judge with the standard setting only
+            escaping = standard
+        quoted = {TRICKY_STATUS, INJECTION}
+        calls = [("shipped", standard), ("returned", escaping), (INJECTION, standard), (TRICKY_STATUS, escaping),
+                 (TRICKY_STATUS, standard), ("cancelled", escaping)]
+        for number, (status, conn) in enumerate(calls, start=1):
+            path = ex.workdir / f"orders-{number}.csv"
+            call_text = f"{getattr(fn, '__name__', 'your function')}(conn, {str(path)!r}, {status!r})"
             want = _reference_export(admin, status)
             rows = want.count(b"\n") - 1
+
+            def pasted(what: str, status: str = status, rows: int = rows) -> CheckFailed:
+                return CheckFailed(
+                    f"For status {status!r} (it has {rows} order(s)), {what}: the status was pasted into the SQL"
+                    " text, where its quote or backslash changed the query.",
+                    "let psycopg quote it: pass it as a parameter, cur.copy(query, (status,)), or compose it with"
+                    " sql.Literal(status); never build the quotes yourself (on a connection where"
+                    " standard_conforming_strings is off, a backslash escapes a quote)")
+            try:
+                returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,))
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                if status in quoted:
+                    raise pasted(f"your function raised {type(exc).__name__}: {first}") from None
+                raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}",
+                                  "run your function on its own in a cell with the same arguments, and read the"
+                                  " error") from None
+            if left := _learner_left_transaction(conn, call_text):
+                raise left
             if not path.exists():
-                raise CheckFailed(f"export_orders(conn, {str(path)!r}, {status!r}) wrote no file.",
+                raise CheckFailed(f"{call_text} wrote no file" + (" (no order has that status: the file should hold"
+                                                                  " the header line only)." if rows == 0 else "."),
                                   "open the path for writing in binary mode and write every block the copy yields")
             got = path.read_bytes()
             if got != want:
-                first = next((i for i, (a, b) in enumerate(zip(got.splitlines(), want.splitlines(), strict=False))
-                              if a != b), min(len(got.splitlines()), len(want.splitlines())))
-                seen = got.splitlines()[first] if first < len(got.splitlines()) else b"(end of file)"
-                expected = want.splitlines()[first] if first < len(want.splitlines()) else b"(end of file)"
-                raise CheckFailed(f"For status {status!r}, line {first + 1} of your file is {seen.decode()!r};"
-                                  f" COPY writes {expected.decode()!r} ({len(got.splitlines())} lines against"
-                                  f" {len(want.splitlines())}).",
-                                  "let the server write the CSV: COPY (SELECT ... WHERE status = %s ORDER BY id) TO STDOUT"
-                                  " (FORMAT csv, HEADER), with the status passed as a parameter")
-            if returned != rows:
-                raise CheckFailed(f"For status {status!r} your function returned {returned!r}; the file has {rows} rows.",
-                                  "count the data rows: cur.rowcount after the copy block, read before the cursor"
-                                  " closes")
-        passed(3, "the files match what COPY writes, and a quote in the status is just a character")
+                if status in quoted:
+                    n = max(len(got.splitlines()) - 1, 0)
+                    raise pasted(f"your file holds {n} line(s) after the header")
+                raise CheckFailed(*_export_difference(status, got, want))
+            if type(returned) is not int or returned != rows:
+                raise CheckFailed(f"{call_text} returned {returned!r}; the file has {rows} data row(s)"
+                                  " (the header is not a row).",
+                                  "return the number of rows COPY wrote: cur.rowcount after the copy block, read"
+                                  " inside the cursor's block")
+        passed(3, "six exports match what COPY writes, byte for byte, in id order; quotes and backslashes in a"
+                  " status are just characters")
+
