@@ -488,3 +488,44 @@ def dicts_from_namedtuples(conn, category, limit):
 def test_cheapest_accepts_right_alternatives(functions, capsys):
     drivers.cheapest(*functions, Product)
     assert "Exercise 3 passed" in capsys.readouterr().out
+
+
+# --- hangs get a verdict ------------------------------------------------------------------------
+
+def find_sleeps(conn, email):
+    return conn.execute("SELECT pg_sleep(600), %s", (email,)).fetchone()
+
+
+def count_psycopg_spins(conn, customer_id, status):
+    while True:
+        pass
+
+
+async def count_asyncpg_sleeps(conn, customer_id, status):
+    return await conn.fetchval("SELECT count(*) FROM orders, pg_sleep(600) WHERE customer_id = $1 AND status = $2",
+                               customer_id, status)
+
+
+def count_sqlalchemy_sleeps(conn, customer_id, status):
+    return conn.execute(text("SELECT count(*) FROM orders, pg_sleep(600) WHERE customer_id = :c AND status = :s"),
+                        {"c": customer_id, "s": status}).scalar_one()
+
+
+def cheapest_sleeps(conn, category, limit):
+    conn.execute("SELECT pg_sleep(600)")
+
+
+@pytest.mark.parametrize("check, functions", [
+    (drivers.find_customer, (find_sleeps,)),
+    (drivers.count_orders, (count_psycopg_spins, count_asyncpg, count_sqlalchemy)),
+    (drivers.count_orders, (count_psycopg, count_asyncpg_sleeps, count_sqlalchemy)),
+    (drivers.count_orders, (count_psycopg, count_asyncpg, count_sqlalchemy_sleeps)),
+    (drivers.cheapest, (cheapest_sleeps, cheapest_dicts, Product)),
+])
+def test_a_function_that_hangs_gets_a_verdict(check, functions, monkeypatch):
+    monkeypatch.setattr(drivers, "TIME_LIMIT", 2.0)
+    with pytest.raises(CheckFailed, match="did not finish within 2 s") as caught:
+        result = check(*functions)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    assert "Hint:" in str(caught.value)

@@ -183,19 +183,25 @@ def _psycopg_call(exercise: int, fn, conn: psycopg.Connection, log: _Log, observ
     """Call fn(conn, *args) inside a savepoint; return (result, last statement text the server saw)."""
     call_text = describe_call(fn, (conn, *args))
     log.clear()
+    verdict: Exception | None = None
     try:
         with conn.transaction():
             try:
                 result = run(exercise, fn, conn, *args, timeout=TIME_LIMIT, tag=tag,
                              stop_pids=[conn.info.backend_pid], allowed=(Exception,))
-            except (CheckFailed, NotDone):
+            except (CheckFailed, NotDone) as exc:
+                verdict = exc
                 raise
             except Exception as exc:  # noqa: BLE001 - judged and turned into a verdict here
-                raise _driver_error(call_text, exc, hint, other_hint) from None
+                verdict = _driver_error(call_text, exc, hint, other_hint)
+                raise verdict from None
             if conn.closed:
-                raise _closed_verdict(call_text)
+                verdict = _closed_verdict(call_text)
+                raise verdict
             return result, last_query_of(conn, observer)
-    except psycopg.Error as exc:  # the savepoint could not be released: the learner's code broke the transaction
+    except psycopg.Error as exc:  # the savepoint could not be rolled back or released
+        if verdict is not None:  # e.g. a time limit: the check ended the session; say what happened first
+            raise verdict from None
         if conn.closed:
             raise _closed_verdict(call_text) from None
         raise CheckFailed(f"{call_text} left the connection's transaction unusable ({type(exc).__name__}:"
