@@ -146,6 +146,24 @@ def order_count_cached(pool, customer_id):
     return order_count(pool, customer_id)
 
 
+_kept: list = []
+
+
+def order_count_keeps_one(pool, customer_id):
+    if not _kept:
+        _kept.append(pool.getconn())  # borrowed once, never given back, shared by every call
+    return _kept[0].execute(QUERY, (customer_id,)).fetchone()[0]
+
+
+def order_count_retries(pool, customer_id):
+    for _ in range(3):
+        try:
+            return order_count(pool, customer_id)
+        except psycopg.OperationalError:
+            continue
+    raise RuntimeError("gave up")
+
+
 def order_count_prints_url(pool, customer_id):
     print("counting with", os.environ["DATABASE_URL"])
     return order_count(pool, customer_id)
@@ -180,12 +198,15 @@ def test_order_counts_stops_the_stub():
     (order_count_group_by, "returned None; that customer has 0 order"),
     (order_count_closes, "gave connections back closed"),
     (order_count_cached, "did not ask the database"),
+    (order_count_keeps_one, "Only 1 of .* calls borrowed a connection"),
+    (order_count_retries, r"returned \d+ instead of raising"),
     (order_count_prints_url, "printed or logged a secret"),
     (order_count_exits, "tried to end the program"),
 ])
 def test_order_counts_rejects_plausible_wrong_answers(wrong, said, other_notebook):
     if wrong is order_count_cached:
         order_count_cached.cache_clear()
+    _kept.clear()
     with pytest.raises(CheckFailed, match=said) as caught:
         checks.order_counts(wrong)
     assert "Hint:" in str(caught.value)
