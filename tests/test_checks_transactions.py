@@ -1,12 +1,16 @@
-"""Lesson 04's checks reject plausible wrong answers, including ones that pass when run alone."""
+"""Lesson 04's checks reject plausible wrong answers, including ones that pass when run alone, and accept
+the right alternatives."""
 
 from __future__ import annotations
 
+import random
+import sys
 import time
 from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgcourse.checks import CheckFailed, NotDone
 from pgcourse.checks import transactions as checks
@@ -18,7 +22,24 @@ def stub(*args):
     raise NotImplementedError("Exercise 1: write your code here")
 
 
+def _rejects(check, wrong, said):
+    with pytest.raises(CheckFailed, match=said) as caught:
+        check(wrong)
+    assert "Hint:" in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+# --- exercise 1: transfer ------------------------------------------------------------------------
+
+def _validate(source, target, amount):
+    if amount <= 0:
+        raise ValueError("the amount must be positive")
+    if source == target:
+        raise ValueError("source and target are the same account")
+
+
 def transfer(conn, source, target, amount):
+    _validate(source, target, amount)
     with conn.transaction():
         balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
                                      ([source, target],)).fetchall())
@@ -28,33 +49,104 @@ def transfer(conn, source, target, amount):
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
 
 
+def transfer_two_selects_in_id_order(conn, source, target, amount):  # right: one row lock at a time, in id order
+    _validate(source, target, amount)
+    with conn.transaction():
+        found = {}
+        for account in sorted((source, target)):
+            row = conn.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (account,)).fetchone()
+            if row is None:
+                raise LookupError(f"no account {account}")
+            found[account] = row[0]
+        if found[source] < amount:
+            raise ValueError("insufficient funds")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_conditional_update(conn, source, target, amount):  # right: the UPDATE's WHERE judges, in id order
+    _validate(source, target, amount)
+    with conn.transaction():
+        for account in sorted((source, target)):
+            if account == source:
+                cur = conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s",
+                                   (amount, source, amount))
+            else:
+                cur = conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+            if cur.rowcount != 1:
+                raise ValueError("refused: no such account, or not enough money")
+
+
+def transfer_manual_commit(conn, source, target, amount):  # right: autocommit off, commit or roll back by hand
+    _validate(source, target, amount)
+    conn.autocommit = False
+    try:
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def transfer_sql_identifier(conn, source, target, amount):  # right: psycopg.sql for the table name only
+    _validate(source, target, amount)
+    table = sql.Identifier("accounts")
+    with conn.transaction():
+        rows = conn.execute(sql.SQL("SELECT id, balance FROM {} WHERE id IN (%s, %s) ORDER BY id FOR UPDATE")
+                            .format(table), (source, target)).fetchall()
+        balances = dict(rows)
+        if len(balances) != 2:
+            raise KeyError("no such account")
+        if balances[source] < amount:
+            raise RuntimeError("insufficient funds")
+        conn.execute(sql.SQL("UPDATE {} SET balance = balance + CASE id WHEN %s THEN -%s ELSE %s END"
+                             " WHERE id IN (%s, %s)").format(table), (source, amount, amount, source, target))
+
+
 def _write_in_id_order(conn, changes: dict[int, str], amount) -> None:
     for account in sorted(changes):  # updates in id order: no deadlock, so only the missing locks show
         conn.execute(f"UPDATE accounts SET {changes[account]} WHERE id = %s", (amount, account))
 
 
 def transfer_no_locks(conn, source, target, amount):  # right when run alone; loses money under concurrency
+    _validate(source, target, amount)
     with conn.transaction():
         have = conn.execute("SELECT balance FROM accounts WHERE id = %s", (source,)).fetchone()[0]
         other = conn.execute("SELECT balance FROM accounts WHERE id = %s", (target,)).fetchone()
         if other is None or have < amount:
             raise ValueError("refused")
-        time.sleep(0.001)
         new = {source: have - amount, target: other[0] + amount}
         for account in sorted(new):
             conn.execute("UPDATE accounts SET balance = %s WHERE id = %s", (new[account], account))
 
 
 def transfer_check_then_decrement(conn, source, target, amount):  # can go negative under concurrency
+    _validate(source, target, amount)
     with conn.transaction():
         have = conn.execute("SELECT balance FROM accounts WHERE id = %s", (source,)).fetchone()[0]
         if have < amount or conn.execute("SELECT 1 FROM accounts WHERE id = %s", (target,)).fetchone() is None:
             raise ValueError("refused")
-        time.sleep(0.001)
         _write_in_id_order(conn, {source: "balance = balance - %s", target: "balance = balance + %s"}, amount)
 
 
+def transfer_lock_source_only(conn, source, target, amount):  # FOR UPDATE on one row; target written from a stale read
+    _validate(source, target, amount)
+    with conn.transaction():
+        have = conn.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (source,)).fetchone()[0]
+        other = conn.execute("SELECT balance FROM accounts WHERE id = %s", (target,)).fetchone()
+        if other is None or have < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = %s WHERE id = %s", (have - amount, source))
+        conn.execute("UPDATE accounts SET balance = %s WHERE id = %s", (other[0] + amount, target))
+
+
 def transfer_not_atomic(conn, source, target, amount):  # autocommit: each statement on its own
+    _validate(source, target, amount)
     have = conn.execute("SELECT balance FROM accounts WHERE id = %s", (source,)).fetchone()[0]
     if have < amount:
         raise ValueError("refused")
@@ -63,14 +155,199 @@ def transfer_not_atomic(conn, source, target, amount):  # autocommit: each state
         raise ValueError("no such account")
 
 
+def transfer_two_transactions(conn, source, target, amount):  # commits half, then the other half
+    _validate(source, target, amount)
+    with conn.transaction():
+        row = conn.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (source,)).fetchone()
+        if row is None or row[0] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+    with conn.transaction():
+        if conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target)).rowcount != 1:
+            raise ValueError("no such account")
+
+
 def transfer_lock_in_argument_order(conn, source, target, amount):  # deadlocks under concurrency
+    _validate(source, target, amount)
     with conn.transaction():
         have = conn.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (source,)).fetchone()[0]
-        time.sleep(0.001)
         if conn.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (target,)).fetchone() is None or have < amount:
             raise ValueError("refused")
         conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_deadlock_wrapped(conn, source, target, amount):  # deadlocks, and hides it behind its own error
+    try:
+        transfer_lock_in_argument_order(conn, source, target, amount)
+    except psycopg.Error:
+        raise ValueError("transfer refused") from None
+
+
+def transfer_deadlock_retried(conn, source, target, amount):  # deadlocks, then retries: works, a second lost each time
+    for _ in range(5):
+        try:
+            return transfer_lock_in_argument_order(conn, source, target, amount)
+        except psycopg.errors.DeadlockDetected:
+            continue
+
+
+def transfer_returns_false(conn, source, target, amount):  # refuses by returning False
+    try:
+        transfer(conn, source, target, amount)
+        return True
+    except ValueError:
+        return False
+
+
+def transfer_swallows_everything(conn, source, target, amount):
+    try:
+        transfer(conn, source, target, amount)
+    except Exception:
+        return None
+
+
+def transfer_allows_negative(conn, source, target, amount):  # no check of the amount's sign
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or source == target or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_allows_zero(conn, source, target, amount):
+    if amount < 0:
+        raise ValueError("negative")
+    if source == target:
+        raise ValueError("same account")
+    return transfer(conn, source, target, amount) if amount else None
+
+
+def transfer_same_account_ok(conn, source, target, amount):
+    if amount <= 0:
+        raise ValueError("must be positive")
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != len({source, target}) or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_strictly_more(conn, source, target, amount):  # refuses the whole balance: <= instead of <
+    _validate(source, target, amount)
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] <= amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_float(conn, source, target, amount):
+    transfer(conn, source, target, float(amount))
+
+
+def transfer_pasted_amount(conn, source, target, amount):  # class 1: the amount in an f-string
+    _validate(source, target, amount)
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute(f"UPDATE accounts SET balance = balance - {amount} WHERE id = %s", (source,))
+        conn.execute(f"UPDATE accounts SET balance = balance + {amount} WHERE id = %s", (target,))
+
+
+def transfer_pasted_ids(conn, source, target, amount):  # class 1: integers pasted
+    _validate(source, target, amount)
+    with conn.transaction():
+        balances = dict(conn.execute(f"SELECT id, balance FROM accounts WHERE id IN ({int(source)}, {int(target)})"
+                                     " ORDER BY id FOR UPDATE").fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_client_cursor(conn, source, target, amount):  # client-side binding: values in the SQL text
+    _validate(source, target, amount)
+    cur = psycopg.ClientCursor(conn)
+    with conn.transaction():
+        balances = dict(cur.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                    ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        cur.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_left_open_on_refusal(conn, source, target, amount):  # autocommit off, no rollback when it raises
+    _validate(source, target, amount)
+    conn.autocommit = False
+    balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                 ([source, target],)).fetchall())
+    if len(balances) != 2 or balances[source] < amount:
+        raise ValueError("refused")
+    conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+    conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+    conn.commit()
+
+
+def transfer_never_commits(conn, source, target, amount):  # autocommit off and no commit at all
+    _validate(source, target, amount)
+    conn.autocommit = False
+    balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                 ([source, target],)).fetchall())
+    if len(balances) != 2 or balances[source] < amount:
+        raise ValueError("refused")
+    conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+    conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_closes_conn(conn, source, target, amount):
+    with conn:
+        transfer(conn, source, target, amount)
+
+
+def transfer_nowait(conn, source, target, amount):  # fails instead of waiting for a lock
+    _validate(source, target, amount)
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                                     " NOWAIT", ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_serializable_no_retry(conn, source, target, amount):
+    _validate(source, target, amount)
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s)",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        for account in sorted((source, target)):
+            sign = -1 if account == source else 1
+            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (sign * amount, account))
+
+
+def transfer_exits(conn, source, target, amount):
+    try:
+        transfer(conn, source, target, amount)
+    except ValueError:
+        sys.exit("transfer refused")
+
+
+def transfer_prints_url(conn, source, target, amount):
+    print("transfer on", conn.info.dsn, "password", conn.info.password)
+    transfer(conn, source, target, amount)
 
 
 def test_transfer_passes_the_solution_and_stops_the_stub(capsys):
@@ -80,16 +357,53 @@ def test_transfer_passes_the_solution_and_stops_the_stub(capsys):
         checks.transfer(stub)
 
 
+@pytest.mark.parametrize("right", [transfer_two_selects_in_id_order, transfer_conditional_update,
+                                   transfer_manual_commit, transfer_sql_identifier])
+def test_transfer_accepts_right_alternatives(right, capsys):
+    checks.transfer(right)
+    assert "Exercise 1 passed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("wrong, said", [
-    (transfer_no_locks, "money appeared or vanished|Eight simultaneous transfers"),
-    (transfer_check_then_decrement, "a balance was negative|Eight simultaneous transfers of 60"),
-    (transfer_not_atomic, "still took the money from the source"),
+    (transfer_no_locks, "an update was lost"),
+    (transfer_check_then_decrement, "Only one of them can be covered"),
+    (transfer_lock_source_only, "deadlock"),
+    (transfer_not_atomic, "changed balances"),
+    (transfer_two_transactions, "changed balances"),
     (transfer_lock_in_argument_order, "deadlock"),
+    (transfer_deadlock_wrapped, "deadlock"),
+    (transfer_deadlock_retried, "deadlock"),
+    (transfer_returns_false, "returned False without raising"),
+    (transfer_swallows_everything, "returned None without raising"),
+    (transfer_allows_negative, "negative amount"),
+    (transfer_allows_zero, "a transfer of 0"),
+    (transfer_same_account_ok, "same account"),
+    (transfer_strictly_more, "exactly 68.83"),
+    (transfer_float, r"expected 12345678901234567\.88"),
+    (transfer_pasted_amount, "wrote the value 31.17 into the text"),
+    (transfer_pasted_ids, "wrote the value 410[12] into the text"),
+    (transfer_client_cursor, "into the text of its SQL"),
+    (transfer_left_open_on_refusal, "still inside an open transaction"),
+    (transfer_never_commits, "still inside an open transaction"),
+    (transfer_closes_conn, "closed the connection"),
+    (transfer_nowait, "LockNotAvailable"),
+    (transfer_serializable_no_retry, "SerializationFailure"),
+    (transfer_exits, "tried to end the program"),
+    (transfer_prints_url, "printed or logged a secret"),
 ])
 def test_transfer_rejects_plausible_wrong_answers(wrong, said):
-    with pytest.raises(CheckFailed, match=said):
-        checks.transfer(wrong)
+    _rejects(checks.transfer, wrong, said)
 
+
+def test_the_unlocked_transfer_is_right_when_run_alone():
+    """The plausible wrong answer really is plausible: one transfer at a time, it is correct."""
+    with checks._exercise_tables() as tables:
+        conn = tables.connect()
+        transfer_no_locks(conn, 4101, 4102, Decimal(30))
+        assert checks._balances(tables.admin)[4101] == 70
+
+
+# --- exercise 2: with_retry ----------------------------------------------------------------------
 
 def retry(conn, work, attempts):
     for attempt in range(1, attempts + 1):
@@ -101,7 +415,54 @@ def retry(conn, work, attempts):
         except psycopg.errors.SerializationFailure:
             if attempt == attempts:
                 raise
-            time.sleep(0.002 * 2**attempt)
+            time.sleep(0.005 * 2**attempt * random.uniform(0.5, 1.5))
+
+
+def retry_full_jitter(conn, work, attempts):  # right: AWS-style full jitter, sqlstate test, isolation_level property
+    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    try:
+        for attempt in range(attempts):
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except psycopg.Error as exc:
+                if exc.sqlstate != "40001" or attempt == attempts - 1:
+                    raise
+            time.sleep(random.uniform(0, 0.005 * 2 ** (attempt + 1)))
+    finally:
+        conn.isolation_level = None
+
+
+class GaveUp(Exception):
+    pass
+
+
+def retry_own_error_and_deadlocks(conn, work, attempts):  # right: retries 40P01 too, raises its own error from it
+    delay = 0.01
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            if attempt == attempts:
+                raise GaveUp(f"gave up after {attempts} attempts") from exc
+        time.sleep(delay * random.uniform(0.8, 1.2))
+        delay *= 2
+
+
+def retry_linear_capped(conn, work, attempts):  # right: linear growth with a cap the test never reaches
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            time.sleep(min(1.0, 0.01 * attempt) + random.uniform(0, 0.002))
 
 
 def retry_never(conn, work, attempts):
@@ -111,24 +472,126 @@ def retry_never(conn, work, attempts):
 
 
 def retry_read_committed(conn, work, attempts):
-    with conn.transaction():
-        work(conn)
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            time.sleep(0.005 * 2**attempt)
+
+
+def retry_repeatable_read(conn, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            time.sleep(0.005 * 2**attempt)
+
+
+def _loop(conn, work, attempts, catch, wait=lambda attempt: 0.005 * 2**attempt, extra=0, on_last="raise"):
+    for attempt in range(1, attempts + 1 + extra):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except catch as exc:
+            if not should_retry(exc):
+                raise
+            if attempt >= attempts + extra:
+                if on_last == "raise":
+                    raise
+                return None
+            time.sleep(wait(attempt))
+
+
+def should_retry(exc):
+    return True
 
 
 def retry_everything(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.Error)
+
+
+def retry_every_exception(conn, work, attempts):
+    _loop(conn, work, attempts, Exception)
+
+
+def retry_by_message(conn, work, attempts):
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
                 work(conn)
             return
-        except psycopg.Error:
-            if attempt == attempts:
+        except Exception as exc:
+            if "could not serialize" not in str(exc) or attempt == attempts:
                 raise
-            time.sleep(0.002 * 2**attempt)
+            time.sleep(0.005 * 2**attempt)
 
 
 def retry_no_wait(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, wait=lambda attempt: 0)
+
+
+def retry_constant_wait(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, wait=lambda attempt: 0.01)
+
+
+def retry_constant_jitter(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, wait=lambda attempt: random.uniform(0.005, 0.015))
+
+
+def retry_one_too_many(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, extra=1)
+
+
+def retry_forever_then_quiet(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, extra=10, on_last="return")
+
+
+def retry_swallows_last(conn, work, attempts):
+    _loop(conn, work, attempts, psycopg.errors.SerializationFailure, on_last="return")
+
+
+def retry_one_too_few(conn, work, attempts):
+    for attempt in range(1, attempts):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.005 * 2**attempt)
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        work(conn)
+
+
+def retry_inside_transaction(conn, work, attempts):  # catches inside the block: the transaction is aborted
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        for attempt in range(1, attempts + 1):
+            try:
+                work(conn)
+                return
+            except psycopg.errors.SerializationFailure:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.005 * 2**attempt)
+
+
+def retry_gives_up_with_plain_error(conn, work, attempts):
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():
@@ -137,18 +600,32 @@ def retry_no_wait(conn, work, attempts):
             return
         except psycopg.errors.SerializationFailure:
             if attempt == attempts:
-                raise
+                break
+            time.sleep(0.005 * 2**attempt)
+    raise RuntimeError("gave up")  # outside the except block: the 40001 is not attached
 
 
-def retry_forever_then_quiet(conn, work, attempts):
-    for _ in range(attempts + 10):
+def retry_wraps_other_errors(conn, work, attempts):  # a bug in work becomes a RuntimeError without its cause
+    try:
+        retry(conn, work, attempts)
+    except psycopg.errors.SerializationFailure:
+        raise
+    except Exception:
+        raise RuntimeError("work failed") from None
+
+
+def retry_manual_no_rollback(conn, work, attempts):  # autocommit off, retries without rolling back
+    conn.autocommit = False
+    for attempt in range(1, attempts + 1):
         try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                work(conn)
+            conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            work(conn)
+            conn.commit()
             return
         except psycopg.errors.SerializationFailure:
-            time.sleep(0.002)
+            if attempt == attempts:
+                raise
+            time.sleep(0.005 * 2**attempt)
 
 
 def test_with_retry_passes_the_solution_and_stops_the_stub(capsys):
@@ -158,17 +635,36 @@ def test_with_retry_passes_the_solution_and_stops_the_stub(capsys):
         checks.with_retry(stub)
 
 
+@pytest.mark.parametrize("right", [retry_full_jitter, retry_own_error_and_deadlocks, retry_linear_capped])
+def test_with_retry_accepts_right_alternatives(right, capsys):
+    checks.with_retry(right)
+    assert "Exercise 2 passed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("wrong, said", [
-    (retry_never, "escaped from with_retry"),
-    (retry_read_committed, "isolation level read committed|left the counter at"),
-    (retry_everything, "was tried 4 times"),
+    (retry_never, "escaped from retry_never"),
+    (retry_read_committed, "isolation level read committed"),
+    (retry_repeatable_read, "isolation level repeatable read"),
+    (retry_everything, "missing column .* 4 times"),
+    (retry_every_exception, "missing column .* 4 times"),
+    (retry_by_message, r"ran the work 1 times, not 3|could not serialize the report.* 4 times"),
     (retry_no_wait, "back to back"),
-    (retry_forever_then_quiet, "did not make with_retry fail"),
+    (retry_constant_wait, "did not grow"),
+    (retry_constant_jitter, "did not grow"),
+    (retry_one_too_many, "ran the work 2 times, not 1"),
+    (retry_one_too_few, "ran the work 2 times, not 3"),
+    (retry_forever_then_quiet, "returned None"),
+    (retry_swallows_last, "returned None"),
+    (retry_inside_transaction, "InFailedSqlTransaction|escaped"),
+    (retry_gives_up_with_plain_error, "serialization failure itself was lost"),
+    (retry_wraps_other_errors, "raised RuntimeError: work failed instead"),
+    (retry_manual_no_rollback, "failed transaction|InFailedSqlTransaction"),
 ])
 def test_with_retry_rejects_plausible_wrong_answers(wrong, said):
-    with pytest.raises(CheckFailed, match=said):
-        checks.with_retry(wrong)
+    _rejects(checks.with_retry, wrong, said)
 
+
+# --- exercise 3: place_order_with_note -----------------------------------------------------------
 
 def order(conn, customer, items, note):
     with conn.transaction():
@@ -181,6 +677,38 @@ def order(conn, customer, items, note):
         except psycopg.errors.CheckViolation:
             pass
     return order_id
+
+
+def order_broad_savepoint(conn, customer, items, note):  # right: catches any database error of the note
+    with conn.transaction():
+        cur = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,))
+        order_id = cur.fetchone()[0]
+        cur.executemany("INSERT INTO order_items (order_id, product, quantity) VALUES (%s, %s, %s)",
+                        [(order_id, p, q) for p, q in items])
+        try:
+            with conn.transaction(savepoint_name="note"):
+                conn.execute("INSERT INTO notes (order_id, note) VALUES (%s, %s)", (order_id, note))
+        except psycopg.Error:
+            pass
+    return order_id
+
+
+def order_manual_savepoint(conn, customer, items, note):  # right: SAVEPOINT by hand, autocommit off
+    conn.autocommit = False
+    try:
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+        conn.execute("SAVEPOINT note")
+        try:
+            conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+        except psycopg.errors.CheckViolation:
+            conn.execute("ROLLBACK TO SAVEPOINT note")
+        conn.commit()
+        return order_id
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def order_no_savepoint(conn, customer, items, note):
@@ -206,6 +734,99 @@ def order_autocommit(conn, customer, items, note):
     return order_id
 
 
+def order_python_length(conn, customer, items, note):  # class 2: judges the note in Python
+    with conn.transaction():
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+        if len(note) <= 40:
+            conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+    return order_id
+
+
+def order_python_length_30(conn, customer, items, note):  # class 2: fits the first limit the check uses
+    with conn.transaction():
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+        if len(note) <= 30:
+            conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+    return order_id
+
+
+def order_retry_without_note(conn, customer, items, note):  # the whole order again, instead of a savepoint
+    def save(with_note):
+        with conn.transaction():
+            order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id",
+                                    (customer,)).fetchone()[0]
+            for product, quantity in items:
+                conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+            if with_note:
+                conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+        return order_id
+    try:
+        return save(True)
+    except psycopg.errors.CheckViolation:
+        return save(False)
+
+
+def order_swallows_item_error(conn, customer, items, note):
+    try:
+        return order(conn, customer, items, note)
+    except psycopg.Error:
+        return None
+
+
+def order_returns_nothing(conn, customer, items, note):
+    order(conn, customer, items, note)
+
+
+def order_returns_first_id(conn, customer, items, note):  # a constant
+    order(conn, customer, items, note)
+    return 7001
+
+
+def order_pasted_note(conn, customer, items, note):  # class 1: hand-escaped quotes
+    with conn.transaction():
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+        try:
+            with conn.transaction():
+                escaped = note.replace("'", "''")
+                conn.execute(f"INSERT INTO notes VALUES (%s, '{escaped}')", (order_id,))
+        except psycopg.errors.CheckViolation:
+            pass
+    return order_id
+
+
+def order_pasted_quantity(conn, customer, items, note):  # class 1: an integer pasted
+    with conn.transaction():
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute(f"INSERT INTO order_items VALUES (%s, %s, {int(quantity)})", (order_id, product))
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+        except psycopg.errors.CheckViolation:
+            pass
+    return order_id
+
+
+def order_left_open(conn, customer, items, note):  # autocommit off, no rollback when an item fails
+    conn.autocommit = False
+    order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+    for product, quantity in items:
+        conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+    conn.execute("SAVEPOINT note")
+    try:
+        conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+    except psycopg.errors.CheckViolation:
+        conn.execute("ROLLBACK TO SAVEPOINT note")
+    conn.commit()
+    return order_id
+
+
 def test_place_order_with_note_passes_the_solution_and_stops_the_stub(capsys):
     checks.place_order_with_note(order)
     assert "Exercise 3 passed" in capsys.readouterr().out
@@ -213,18 +834,24 @@ def test_place_order_with_note_passes_the_solution_and_stops_the_stub(capsys):
         checks.place_order_with_note(stub)
 
 
+@pytest.mark.parametrize("right", [order_broad_savepoint, order_manual_savepoint])
+def test_place_order_with_note_accepts_right_alternatives(right, capsys):
+    checks.place_order_with_note(right)
+    assert "Exercise 3 passed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("wrong, said", [
-    (order_no_savepoint, "made the whole call fail|should stay"),
-    (order_autocommit, "nothing of that order should be saved"),
+    (order_no_savepoint, "but no order was saved"),
+    (order_autocommit, "saved part of the order"),
+    (order_python_length, "raised CheckViolation"),
+    (order_python_length_30, "was not saved"),
+    (order_retry_without_note, "inserted the order 2 times"),
+    (order_swallows_item_error, "returned None without raising"),
+    (order_returns_nothing, "returned None; the order it saved has id"),
+    (order_returns_first_id, "returned 7001; the order it saved has id 7002"),
+    (order_pasted_note, "wrote the value Don't open before the 24th! into the text"),
+    (order_pasted_quantity, "wrote the value 17 into the text"),
+    (order_left_open, "still inside a failed transaction"),
 ])
 def test_place_order_with_note_rejects_plausible_wrong_answers(wrong, said):
-    with pytest.raises(CheckFailed, match=said):
-        checks.place_order_with_note(wrong)
-
-
-def test_the_unlocked_transfer_is_right_when_run_alone():
-    """The plausible wrong answer really is plausible: one transfer at a time, it is correct."""
-    with checks._exercise_tables() as (connect, admin):
-        conn = connect()
-        transfer_no_locks(conn, 1, 2, Decimal(30))
-        assert checks._balances(admin) == {1: 70, 2: 130, 3: 100, 4: 100}
+    _rejects(checks.place_order_with_note, wrong, said)
