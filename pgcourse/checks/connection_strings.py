@@ -29,6 +29,7 @@ from . import (
     NotDone,
     check_connect,
     database_url,
+    last_query_of,
     learner_env,
     mask,
     new_tag,
@@ -270,14 +271,17 @@ def build_url(fn) -> None:
 
     def parts_hint(field):
         return {"port": "use the port you are given: the check runs servers on other ports than 5432 or the course's",
-                "host": ENCODE_HINT,
+                "host": "use the host you are given, and percent-encode the user and the password: an @ or : left in"
+                        " them moves where the host seems to start",
                 "parts": "percent-encode the user name and the database name the way you encode the password: each"
                         " part of a URL is read back decoded",
                 "password": ENCODE_HINT}.get(
             field, f"percent-encode the {'user name' if field == 'user' else 'database name'} the way you encode the"
                    " password: each part of a URL is read back decoded")
 
-    _stand_in_case(fn, "127.0.0.1", STAND_IN_USER, STAND_IN_PASSWORD, STAND_IN_DATABASE, secrets, parts_hint)
+    # On 127.0.0.2 where it can (Linux routes all of 127/8 here), so that a host written into the URL shows.
+    if not _stand_in_case(fn, "127.0.0.2", STAND_IN_USER, STAND_IN_PASSWORD, STAND_IN_DATABASE, secrets, parts_hint):
+        _stand_in_case(fn, "127.0.0.1", STAND_IN_USER, STAND_IN_PASSWORD, STAND_IN_DATABASE, secrets, parts_hint)
 
     def ipv6_hint(field):
         return ("an IPv6 address has colons of its own: a URL writes it in square brackets, [::1], so that its"
@@ -342,7 +346,7 @@ def _loaded(fn, env_url: str, secrets: list[str]):
     except Exception as exc:  # noqa: BLE001
         raise CheckFailed(f"settings.database_url.get_secret_value() raised {mask(_short(exc), secrets)}",
                           SECRET_HINT) from None
-    if got != env_url:
+    if str(got) != env_url:  # a str, or a URL object that keeps the text (pydantic's Secret[PostgresDsn])
         raise CheckFailed(f"With DATABASE_URL = {shown}, settings.database_url.get_secret_value() gave"
                           f" {mask(str(got), passwords)[:200]!r}, not that value.",
                           "load the value of the environment variable DATABASE_URL as it is, at the moment"
@@ -413,8 +417,14 @@ def load_settings(fn) -> None:
 
 # --- exercise 3 ----------------------------------------------------------------------------------
 
-FIND_HINT = ("look the name up in pg_stat_activity with WHERE application_name = %s and the name as a parameter:"
-             " an exact match (no LIKE, no lower()), and None when no row comes back")
+FIND_HINT = ("compare application_name with the whole name, exactly (=, not LIKE, lower() or a prefix), in the WHERE"
+             " clause, and return None when no row comes back")
+PASTED_HINT = ("send the name as a query parameter (a placeholder in the SQL, the name in the parameters): pasted into"
+               " the SQL, even with its quotes doubled by hand, it is read differently when standard_conforming_strings"
+               " is off")
+OWN_PID_HINT = ("the connection you are given is only the way to ask the server; return the pid of the session that"
+                " carries the name")
+TAGGED_PASSWORD = "tag/ged p@ss:%41"
 
 
 def _tagged_name(conn: psycopg.Connection, observer: psycopg.Connection) -> str | None:
@@ -427,40 +437,90 @@ def _decoys(url: str, names: list[str]) -> list[psycopg.Connection]:
     return [check_connect(url, application_name=name, autocommit=True) for name in names]
 
 
+def _judge_find(find_fn, handed: psycopg.Connection, observer: psycopg.Connection, wanted: str,
+                expected: int | None) -> None:
+    """Ask find_session for `wanted` on the connection handed to it; the answer must be `expected`."""
+    try:
+        got = run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid], allowed=(psycopg.Error,),
+                  hint="run find_session on its own in a cell with a connection and a name, and read the error")
+    except psycopg.Error as exc:
+        pasted = isinstance(exc, psycopg.errors.SyntaxError)
+        raise CheckFailed(f"find_session(conn, {wanted!r}) raised {_short(exc)}",
+                          PASTED_HINT if pasted else "run find_session on its own in a cell with a connection and"
+                          " this name, and read the error") from None
+    if got is not None and not isinstance(got, int) or isinstance(got, bool):
+        raise CheckFailed(f"find_session(conn, {wanted!r}) returned a {type(got).__name__} ({got!r}), not a pid.",
+                          "return the pid itself (an int), or None")
+    if got == expected:
+        return
+    sent = last_query_of(handed.info.backend_pid, observer)
+    pasted = "$1" not in sent and any(part in sent for part in wanted.split("'") if len(part.strip()) >= 4)
+    whose, hint = "", PASTED_HINT if pasted else FIND_HINT
+    if got is not None:
+        row = observer.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", (got,)).fetchone()
+        if got == handed.info.backend_pid:
+            whose, hint = " (the pid of the connection you were given)", hint if pasted else OWN_PID_HINT
+        else:
+            whose = f" (the session called {row[0]!r})" if row else " (no session has it)"
+    raise CheckFailed(f"While sessions with look-alike names were open, find_session(conn, {wanted!r}) returned"
+                      f" {got!r}{whose}; expected {expected!r}.", hint)
+
+
 def tagged_session(connect_fn, find_fn) -> None:
     """Exercise 3: connect_fn(url, name) tags the session; find_fn(conn, name) finds its pid."""
     url = database_url()
+    parts = conninfo_to_dict(url)
     token = _secrets.token_hex(2)
-    rounds = [  # (url to connect with, the name) - the second url already names its session
-        (url, f"Exercise02 {token}: it's \"Tagged\" & 100%_done"),
-        (with_params(url, application_name=f"exercise02 {token} from the url", connect_timeout="10"),
+    role = f"exercise02_tagged_{token}"
+    role_url = (f"postgresql://{role}:{quote(TAGGED_PASSWORD, safe='')}@{parts['host']}:{parts['port']}/"
+                f"{quote(parts['dbname'], safe='')}")
+    rounds = [  # (url to connect with, the role it logs in as, the name); the second url names its session already
+        (url, parts["user"], f"Exercise02 {token}: it's \"Tagged\" & 100%_done"),
+        (with_params(role_url, application_name=f"exercise02 {token} from the url", connect_timeout="10"), role,
          f"Exercise02_{token} a\\' OR true -- 50%"),
     ]
-    for conn_url, name in rounds:
-        # Sessions of other connections with look-alike names, open while the learner's code runs.
-        like = name.replace("%", "% more")  # what LIKE with the name as its pattern also matches
-        decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
-        conn = None
+    with check_connect(url, autocommit=True) as admin:
         try:
-            conn = run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT)
-            if not isinstance(conn, psycopg.Connection):
-                raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
-                                  "return the connection that psycopg.connect(...) gives you")
-            with check_connect(url, autocommit=True) as observer:
-                known_as = _tagged_name(conn, observer)
-                if known_as != name:
-                    raise CheckFailed(f"connect_tagged(url, {name!r}): the server knows your session as {known_as!r}.",
-                                      TAG_HINT)
-                try:  # what a connection pool does between two borrowers
-                    conn.execute("RESET ALL")
-                    after_reset = _tagged_name(conn, observer)
-                finally:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                if after_reset != name:
-                    raise CheckFailed(f"connect_tagged(url, {name!r}): after RESET ALL (what a connection pool runs"
-                                      f" between borrowers) the server knows your session as {after_reset!r}: the name"
-                                      " was set after connecting, not when connecting.", TAG_HINT)
+            _demo_role(admin, role, TAGGED_PASSWORD)
+            for conn_url, user, name in rounds:
+                _tagged_round(connect_fn, find_fn, url, conn_url, user, name)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                admin.execute("SELECT pgcourse.drop_demo_role(%s)", (role,))
+    passed(3, "each session carried its name from the start, and find_session found it, and nothing else, among"
+              " look-alike names.")
+
+
+def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name: str) -> None:
+    # Sessions of other connections with look-alike names, open while the learner's code runs.
+    like = name.replace("%", "% more")  # what LIKE with the name as its pattern also matches
+    decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
+    conn = None
+    try:
+        conn = run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
+        if not isinstance(conn, psycopg.Connection):
+            raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
+                              "return the connection that psycopg.connect(...) gives you")
+        with check_connect(url, autocommit=True) as observer:
+            row = observer.execute("SELECT application_name, usename FROM pg_stat_activity WHERE pid = %s",
+                                   (conn.info.backend_pid,)).fetchone()
+            known_as, logged_in_as = row if row else (None, None)
+            if logged_in_as != user:
+                raise CheckFailed(f"connect_tagged(url, {name!r}) logged in as {logged_in_as!r}, not as the user of the"
+                                  f" url it was given ({user!r}).", "connect with the url you are given, not another one")
+            if known_as != name:
+                raise CheckFailed(f"connect_tagged(url, {name!r}): the server knows your session as {known_as!r}.",
+                                  TAG_HINT)
+            try:  # what a connection pool does between two borrowers
+                conn.execute("RESET ALL")
+                after_reset = _tagged_name(conn, observer)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            if after_reset != name:
+                raise CheckFailed(f"connect_tagged(url, {name!r}): after RESET ALL (what a connection pool runs"
+                                  f" between borrowers) the server knows your session as {after_reset!r}: the name"
+                                  " was set after connecting, not when connecting.", TAG_HINT)
             # find_session gets a connection of its own, with standard_conforming_strings off: a quote escaped by
             # hand is then no longer safe, while the name sent as a parameter (or quoted by psycopg) still is.
             with check_connect(url, autocommit=True) as handed:
@@ -468,27 +528,12 @@ def tagged_session(connect_fn, find_fn) -> None:
                 handed.add_notice_handler(lambda diag: None)
                 # Names no session has, which a LIKE, a lower(), a prefix match, a query without WHERE, or a
                 # quote escaped by hand would still find among the look-alikes.
-                questions = [(name, conn.info.backend_pid), (name.split(" ")[0] + "%", None), (name.upper(), None),
-                             (name[:14], None), (name + " x", None), ("' OR '1'='1", None)]
-                for wanted, expected in questions:
-                    got = run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid],
-                              hint=FIND_HINT)
-                    if got is not None and not isinstance(got, int) or isinstance(got, bool):
-                        raise CheckFailed(f"find_session(conn, {wanted!r}) returned a {type(got).__name__} ({got!r}),"
-                                          " not a pid.", "return the pid itself (an int), or None")
-                    if got != expected:
-                        whose = ""
-                        if got is not None:
-                            row = handed.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
-                                                 (got,)).fetchone()
-                            whose = (" (the pid of the connection you were given)" if got == handed.info.backend_pid
-                                     else f" (the session called {row[0]!r})" if row else " (no session has it)")
-                        raise CheckFailed(f"While sessions with look-alike names were open, find_session(conn, {wanted!r})"
-                                          f" returned {got!r}{whose}; expected {expected!r}.", FIND_HINT)
-        finally:
-            if isinstance(conn, psycopg.Connection):
-                conn.close()
-            for decoy in decoys:
-                decoy.close()
-    passed(3, "each session carried its name from the start, and find_session found it, and nothing else, among"
-              " look-alike names.")
+                for wanted, expected in [(name, conn.info.backend_pid), (name.split(" ")[0] + "%", None),
+                                         (name.upper(), None), (name[:14], None), (name + " x", None),
+                                         ("' OR '1'='1", None)]:
+                    _judge_find(find_fn, handed, observer, wanted, expected)
+    finally:
+        if isinstance(conn, psycopg.Connection):
+            conn.close()
+        for decoy in decoys:
+            decoy.close()
