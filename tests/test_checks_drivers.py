@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
@@ -156,8 +158,18 @@ def find_prepared(conn, email):
     return conn.execute("SELECT id, name FROM customers WHERE email = %s", (email,), prepare=True).fetchone()
 
 
+def find_lower(conn, email):  # case-insensitive, but no wildcards
+    return conn.execute("SELECT id, name FROM customers WHERE lower(email) = lower(%s)", [email]).fetchone()
+
+
+def find_server_cursor(conn, email):
+    with conn.cursor(name="lookup") as cur:
+        cur.execute("SELECT id, name FROM customers WHERE email = %s", (email,))
+        return cur.fetchone()
+
+
 @pytest.mark.parametrize("right", [find_fetchall_first, find_cursor_named, find_namedtuple, find_tuple_of_dict,
-                                   find_prepared])
+                                   find_prepared, find_lower, find_server_cursor])
 def test_find_customer_accepts_right_alternatives(right, capsys):
     drivers.find_customer(right)
     assert "Exercise 1 passed" in capsys.readouterr().out
@@ -253,6 +265,16 @@ def count_sqlalchemy_exits(conn, customer_id, status):
     raise SystemExit(1)
 
 
+async def count_asyncpg_logs_url(conn, customer_id, status):
+    logging.getLogger("shop").info("counting on %s", os.environ["DATABASE_URL"])
+    return await count_asyncpg(conn, customer_id, status)
+
+
+def count_sqlalchemy_begins(conn, customer_id, status):
+    with conn.begin():
+        return count_sqlalchemy(conn, customer_id, status)
+
+
 def test_count_orders_passes_the_solution_and_stops_the_stub(capsys):
     asyncio.run(drivers.count_orders(count_psycopg, count_asyncpg, count_sqlalchemy))
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -275,6 +297,8 @@ def test_count_orders_passes_the_solution_and_stops_the_stub(capsys):
     ((count_constant, count_asyncpg, count_sqlalchemy), r"returned 3; expected \d+"),
     ((count_psycopg, count_asyncpg_swallowing, count_sqlalchemy), r"returned 0; expected [1-9]"),
     ((count_psycopg, count_asyncpg, count_sqlalchemy_exits), "tried to end the program"),
+    ((count_psycopg, count_asyncpg_logs_url, count_sqlalchemy), "printed or logged a secret"),
+    ((count_psycopg, count_asyncpg, count_sqlalchemy_begins), "raised InvalidRequestError.*\n.*do not begin"),
 ])
 def test_count_orders_rejects_plausible_wrong_answers(functions, said):
     with pytest.raises(CheckFailed, match=said) as caught:
@@ -313,8 +337,17 @@ def count_sqlalchemy_commits(conn, customer_id, status):  # SQLAlchemy habit: co
     return n
 
 
+def count_sqlalchemy_driver_sql(conn, customer_id, status):
+    return conn.exec_driver_sql(Q, (customer_id, status)).scalar_one()
+
+
+def count_psycopg_str_param(conn, customer_id, status):  # the server reads '123' as an integer: still a parameter
+    return conn.execute(Q, (str(customer_id), status)).fetchone()[0]
+
+
 @pytest.mark.parametrize("functions", [
     (count_psycopg_named, count_asyncpg_fetchrow, count_sqlalchemy_bindparams),
+    (count_psycopg_str_param, count_asyncpg, count_sqlalchemy_driver_sql),
     (count_psycopg, count_asyncpg_prepared, count_sqlalchemy_commits),
 ])
 def test_count_orders_accepts_right_alternatives(functions, capsys):
@@ -529,3 +562,18 @@ def test_a_function_that_hangs_gets_a_verdict(check, functions, monkeypatch):
         if asyncio.iscoroutine(result):
             asyncio.run(result)
     assert "Hint:" in str(caught.value)
+
+
+def test_no_session_of_the_checks_is_left_open(capsys):
+    drivers.find_customer(find_right)
+    asyncio.run(drivers.count_orders(count_psycopg, count_asyncpg, count_sqlalchemy))
+    drivers.cheapest(cheapest, cheapest_dicts, Product)
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        deadline = time.monotonic() + 5
+        while True:
+            left = conn.execute("SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND application_name LIKE 'pgcourse %'").fetchall()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert left == []

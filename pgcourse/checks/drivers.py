@@ -157,8 +157,8 @@ def _closed_verdict(call_text: str, what: str = "connection") -> CheckFailed:
                        " or use `with conn:` on it")
 
 
-_OWNER_HINT = ("do not commit, roll back or close the connection you are given (no `with conn:` either):"
-               " run your query on it, the caller owns it")
+_OWNER_HINT = ("do not begin, commit, roll back or close on the connection you are given (no `with conn:` either):"
+               " run your query on it, the caller owns it and its transaction")
 
 
 _DRIVER_ERRORS = (psycopg.Error, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
@@ -168,7 +168,9 @@ def _driver_error(call_text: str, exc: BaseException, hint: str, other_hint: str
     """A verdict for what the learner's function raised: a driver's error gets the placeholder hint."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     owner = any(w in first for w in ("forbidden within a Transaction", "connection is closed", "the connection is lost",
-                                      "connection was closed", "This Connection is closed"))
+                                      "connection was closed", "This Connection is closed",
+                                      "already begun", "already initialized a SQLAlchemy Transaction",
+                                      "transaction is already"))
     if owner:
         chosen = _OWNER_HINT
     elif isinstance(exc, _DRIVER_ERRORS):
@@ -477,8 +479,9 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
                 call_text = describe_call(fn_objects, (conn, category, limit))
                 objects, sent = _psycopg_call(3, fn_objects, conn, log, observer, category, limit, tag=tag,
                                               hint=f"use class_row({product_class.__name__}) as the row factory",
-                                              other_hint=f"the check set the connection's default row factory to"
-                                                         f" {default.__name__}: ask for the shape you want with"
+                                              other_hint=f"select exactly id, sku, name, price, and ask for the shape"
+                                                         f" on the cursor (the check set the connection's default row"
+                                                         f" factory to {default.__name__}):"
                                                          f" conn.cursor(row_factory=class_row({product_class.__name__}))")
                 if not isinstance(objects, list) or not all(isinstance(o, product_class) for o in objects):
                     raise CheckFailed(f"{call_text} returned {objects!r:.200}{shape}.",
@@ -496,9 +499,9 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
                 call_text = describe_call(fn_dicts, (conn, category, limit))
                 dicts, sent = _psycopg_call(3, fn_dicts, conn, log, observer, category, limit, tag=tag,
                                             hint="use dict_row as the row factory",
-                                            other_hint=f"the check set the connection's default row factory to"
-                                                       f" {default.__name__}: ask for the shape you want with"
-                                                       " conn.cursor(row_factory=dict_row)")
+                                            other_hint=f"select exactly id, sku, name, price, and ask for the shape"
+                                                       f" on the cursor (the check set the connection's default row"
+                                                       f" factory to {default.__name__}): conn.cursor(row_factory=dict_row)")
                 if not isinstance(dicts, list) or not all(isinstance(d, dict) for d in dicts):
                     raise CheckFailed(f"{call_text} returned {dicts!r:.200}{shape}.",
                                       "ask for the row shape you want: conn.cursor(row_factory=dict_row),"
