@@ -577,3 +577,30 @@ def test_no_session_of_the_checks_is_left_open(capsys):
                 break
             time.sleep(0.1)
     assert left == []
+
+
+def find_own_connection(conn, email):  # ignores the connection it is given
+    with psycopg.connect(os.environ["DATABASE_URL"]) as own:
+        return find_right(own, email)
+
+
+def count_psycopg_own_connection(conn, customer_id, status):
+    with psycopg.connect(os.environ["DATABASE_URL"]) as own:
+        return count_psycopg(own, customer_id, status)
+
+
+def cheapest_own_connection(conn, category, limit):
+    with psycopg.connect(os.environ["DATABASE_URL"]) as own:
+        return cheapest(own, category, limit)
+
+
+@pytest.mark.parametrize("check, functions", [
+    (drivers.find_customer, (find_own_connection,)),
+    (drivers.count_orders, (count_psycopg_own_connection, count_asyncpg, count_sqlalchemy)),
+    (drivers.cheapest, (cheapest_own_connection, cheapest_dicts, Product)),
+])
+def test_a_function_that_opens_its_own_connection_is_told_to_use_the_one_it_is_given(check, functions):
+    with pytest.raises(CheckFailed, match="run your query on the connection you are given"):
+        result = check(*functions)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)

@@ -27,8 +27,8 @@ from psycopg.rows import dict_row, namedtuple_row, tuple_row
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import (CheckFailed, NotDone, arun, check_connect, database_url, describe_call, disorder, last_query_of, new_tag,
-               passed, run, with_params)
+from . import (CheckFailed, NotDone, arun, check_connect, database_url, describe_call, disorder, last_query_of,
+               learner_env, new_tag, passed, run, with_params)
 
 HOSTILE_EMAILS = [
     "' OR '1'='1",
@@ -37,6 +37,8 @@ HOSTILE_EMAILS = [
 ]
 PARAM_HINT = "pass the value as a parameter: conn.execute(\"... WHERE email = %s\", (email,))"
 TIME_LIMIT = 30.0
+OWN_CONN_HINT = ("run your query on the connection you are given (conn): the check's test rows exist only in its"
+                 " transaction, which a connection of your own does not see")
 
 
 # --- what the learner's code sent ----------------------------------------------------------------
@@ -217,7 +219,8 @@ def find_customer(fn) -> None:
     """Exercise 1: fn(conn, email) -> (id, name) or None, safe against hostile input."""
     url = database_url()
     tag, log = new_tag(1), _Log()
-    with psycopg.connect(with_params(url, application_name=tag)) as conn, check_connect(url, autocommit=True) as observer:
+    with psycopg.connect(with_params(url, application_name=tag)) as conn, check_connect(url, autocommit=True) as observer, \
+            learner_env(tag, url):  # a connection the learner's code opens itself is tagged too
         conn.cursor_factory = _recording_cursor(log)
         try:
             cur = conn.cursor(row_factory=tuple_row)
@@ -244,6 +247,7 @@ def find_customer(fn) -> None:
                 if got != expected:
                     like = any(ch in email for ch in "%_") and got is not None
                     raise CheckFailed(f"{call_text} returned {got!r}; expected {expected!r}.",
+                                      OWN_CONN_HINT if not log.statements else
                                       "compare with = : LIKE and ILIKE read _ and % in the input as wildcards"
                                       if like else PARAM_HINT + ": then the input is only ever compared, never run")
                 _judge_sent(call_text, {"email": email}, log, sent, max_rows=1,
@@ -274,9 +278,9 @@ def _count_data(ids: list[int]) -> list[str]:
             f"INSERT INTO orders (customer_id, status, created_at) VALUES {orders}"]
 
 
-def _remove_count_data(ids: list[int]) -> None:
+def _remove_count_data(url: str, ids: list[int]) -> None:
     """Delete the check's customers, should the learner's code have committed them."""
-    with contextlib.suppress(psycopg.Error), check_connect(autocommit=True) as admin:
+    with contextlib.suppress(psycopg.Error), check_connect(url, autocommit=True) as admin:
         admin.execute("DELETE FROM orders WHERE customer_id = ANY(%s)", (ids,))
         admin.execute("DELETE FROM customers WHERE id = ANY(%s)", (ids,))
 
@@ -293,7 +297,7 @@ async def count_orders(fn_psycopg, fn_asyncpg, fn_sqlalchemy) -> None:
     hint_param = "pass both values as parameters with the driver's own placeholders, the integer too"
     hint_rows = "let the server count: SELECT count(*) ... returns one row with the number"
     try:
-        with check_connect(url, autocommit=True) as observer:
+        with check_connect(url, autocommit=True) as observer, learner_env(tag, url):
             # psycopg
             log = _Log()
             with psycopg.connect(tagged) as conn:
@@ -305,17 +309,18 @@ async def count_orders(fn_psycopg, fn_asyncpg, fn_sqlalchemy) -> None:
                         "SELECT count(*) FROM orders WHERE customer_id = %s AND status = %s", case).fetchone()[0]
                         for case in cases}
 
-                    def judge(fn, case, got, call_text):
+                    def judge(fn, case, got, call_text, used=True):
                         if not isinstance(got, int) or isinstance(got, bool) or got != truth[case]:
                             raise CheckFailed(f"{call_text} returned {got!r}; expected {truth[case]}.",
-                                              "count with SELECT count(*) ... and return the number as an int")
+                                              "count with SELECT count(*) ... and return the number as an int"
+                                              if used or not isinstance(got, int) else OWN_CONN_HINT)
 
                     for case in cases:
                         got, sent = _psycopg_call(2, fn_psycopg, conn, log, observer, *case, tag=tag,
                                                   hint="psycopg placeholders are %s (or %(name)s), values in a tuple"
                                                        " (or dict)")
                         call_text = describe_call(fn_psycopg, (conn, *case))
-                        judge(fn_psycopg, case, got, call_text)
+                        judge(fn_psycopg, case, got, call_text, bool(log.statements))
                         _judge_sent(call_text, {"customer_id": case[0], "status": case[1]}, log, sent, max_rows=1,
                                     hint_param=hint_param + ": %s for each", hint_rows=hint_rows)
                 finally:
@@ -326,7 +331,7 @@ async def count_orders(fn_psycopg, fn_asyncpg, fn_sqlalchemy) -> None:
             # SQLAlchemy
             _count_sqlalchemy(fn_sqlalchemy, tagged, ids, cases, judge, observer, tag, hint_param, hint_rows)
     finally:
-        _remove_count_data(ids)
+        _remove_count_data(url, ids)
     passed(2, "psycopg, asyncpg and SQLAlchemy each counted right, every value sent as a parameter"
               " in the driver's own placeholder style.")
 
@@ -365,7 +370,7 @@ async def _count_asyncpg(fn, tagged, ids, cases, judge, observer, tag, hint_para
                 if aconn.is_closed():
                     raise _closed_verdict(call_text)
                 sent = last_query_of(pid, observer)
-                judge(fn, case, got, call_text)
+                judge(fn, case, got, call_text, bool(logged))
                 log = _Log([_Sent(r.query, tuple(r.args) if isinstance(r.args, (tuple, list)) else r.args, None)
                             for r in list(logged) if r.exception is None])
                 for s in log.statements:  # count the rows each statement returns by running it again
@@ -423,7 +428,7 @@ def _count_sqlalchemy(fn, tagged, ids, cases, judge, observer, tag, hint_param, 
                             with contextlib.suppress(Exception):
                                 if savepoint.is_active:
                                     savepoint.rollback()
-                    judge(fn, case, got, call_text)
+                    judge(fn, case, got, call_text, bool(log.statements))
                     _judge_sent(call_text, {"customer_id": case[0], "status": case[1]}, log, sent, max_rows=1,
                                 hint_param=hint_param + ": :name in text(), values in a dict", hint_rows=hint_rows)
             finally:
@@ -460,7 +465,8 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
     """Exercise 3: the cheapest products of a category, as dataclass objects and as dicts."""
     url = database_url()
     tag, log = new_tag(3), _Log()
-    with psycopg.connect(with_params(url, application_name=tag)) as conn, check_connect(url, autocommit=True) as observer:
+    with psycopg.connect(with_params(url, application_name=tag)) as conn, check_connect(url, autocommit=True) as observer, \
+            learner_env(tag, url):
         conn.cursor_factory = _recording_cursor(log)
 
         def truth(category, limit):
@@ -491,7 +497,7 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
                 _judge_names(call_text, got, shape, f"class_row({product_class.__name__})")
                 _judge_prices(call_text, [o.price for o in objects])
                 if got != [tuple(r) for r in expected]:
-                    _wrong_rows(call_text, got, expected, shape, f"class_row({product_class.__name__})")
+                    _wrong_rows(call_text, got, expected, shape, bool(log.statements))
                 _judge_sent(call_text, {"category": category, "limit": limit}, log, sent, max_rows=len(expected),
                             hint_param=hint_param, hint_rows=hint_rows)
 
@@ -514,7 +520,8 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
                 _judge_names(call_text, [tuple(d.get(f) for f in FIELDS) for d in dicts], shape, "dict_row")
                 _judge_prices(call_text, [d["price"] for d in dicts])
                 if dicts != wanted:
-                    _wrong_rows(call_text, [tuple(d.get(f) for f in FIELDS) for d in dicts], expected, shape, "dict_row")
+                    _wrong_rows(call_text, [tuple(d.get(f) for f in FIELDS) for d in dicts], expected, shape,
+                                bool(log.statements))
                 _judge_sent(call_text, {"category": category, "limit": limit}, log, sent, max_rows=len(expected),
                             hint_param=hint_param, hint_rows=hint_rows)
         finally:
@@ -524,7 +531,7 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
               " category sent as parameters, prices as Decimal.")
 
 
-def _wrong_rows(call_text: str, got: list, expected: list, shape: str, factory: str) -> None:
+def _wrong_rows(call_text: str, got: list, expected: list, shape: str, used: bool) -> None:
     expected = [tuple(r) for r in expected]
     if sorted(map(repr, got)) == sorted(map(repr, expected)) and got != expected:
         raise CheckFailed(f"{call_text} returned the right products in the wrong order: ids"
@@ -536,7 +543,8 @@ def _wrong_rows(call_text: str, got: list, expected: list, shape: str, factory: 
         return f"{len(rows)} rows {{{shown}{', ...' if len(rows) > 8 else ''}}}"
 
     raise CheckFailed(f"{call_text} gave {brief(got)} (id: price){shape}; expected {brief(expected)}.",
-                      "select id, sku, name, price of that category, ordered by price then id, at most limit rows")
+                      "select id, sku, name, price of that category, ordered by price then id, at most limit rows"
+                      if used else OWN_CONN_HINT)
 
 
 def _judge_names(call_text: str, got: list, shape: str, factory: str) -> None:
