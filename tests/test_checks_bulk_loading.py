@@ -61,6 +61,14 @@ def load_whole_file(conn, path):  # one write of the whole file: right too
         return cur.rowcount
 
 
+def load_line_by_line(conn, path):  # the file's text written line by line: the server still parses it
+    with conn.cursor() as cur, open(path, encoding="utf-8") as source:
+        with cur.copy(COPY_CSV) as copy:
+            for line in source:
+                copy.write(line)
+        return cur.rowcount
+
+
 def load_csv_write_row(conn, path):  # Python parses, COPY carries: allowed, with '' turned into None
     with open(path, newline="", encoding="utf-8") as source:
         rows = list(csv.reader(source))[1:]
@@ -208,6 +216,17 @@ def load_prints_url(conn, path):
     return load_copy(conn, path)
 
 
+def load_closes_conn(conn, path):  # `with conn:` closes the caller's connection
+    with conn, conn.cursor() as cur, open(path, "rb") as source:
+        with cur.copy(COPY_CSV) as copy:
+            copy.write(source.read())
+        return cur.rowcount
+
+
+def load_hangs(conn, path):
+    conn.execute("SELECT pg_sleep(600)")
+
+
 def load_open_transaction(conn, path):  # autocommit off, never committed
     conn.autocommit = False
     with conn.cursor() as cur, open(path, "rb") as source, cur.copy(COPY_CSV) as copy:
@@ -234,6 +253,7 @@ LOAD_REJECTS = [
     (load_exits, ["SystemExit"]),
     (load_prints_url, ["printed or logged a secret"]),
     (load_open_transaction, ["transaction still open"]),
+    (load_closes_conn, ["closed the connection it was given", "with conn:"]),
 ]
 if TRACED:
     LOAD_REJECTS.append((load_executemany_via_temp, [r"as parameters of \d+ statement"]))
@@ -244,7 +264,7 @@ def test_load_csv_rejects(fn, said):
     _rejects(checks.load_csv, fn, *said)
 
 
-@pytest.mark.parametrize("fn", [load_copy, load_whole_file, load_csv_write_row, load_via_temp_table])
+@pytest.mark.parametrize("fn", [load_copy, load_whole_file, load_line_by_line, load_csv_write_row, load_via_temp_table])
 def test_load_csv_accepts(fn, capsys):
     checks.load_csv(fn)
     assert "Exercise 1 passed" in capsys.readouterr().out
@@ -253,6 +273,14 @@ def test_load_csv_accepts(fn, capsys):
 def test_load_csv_stub_is_not_done():
     with pytest.raises(NotDone):
         checks.load_csv(stub)
+
+
+def test_a_hanging_load_gets_a_verdict_and_its_query_is_cancelled(monkeypatch):
+    monkeypatch.setattr(checks, "TIME_LIMIT", 2)
+    _rejects(checks.load_csv, load_hangs, "did not finish within 2 s")
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        assert not conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(600)%'"
+                                " AND application_name LIKE 'pgcourse learner%'").fetchall()
 
 
 def test_load_csv_judges_speed_against_its_own_copy(monkeypatch):
@@ -560,6 +588,12 @@ def export_rowcount_after_close(conn, path, status):
     return cur.rowcount
 
 
+def export_refuses_odd_statuses(conn, path, status):  # a whitelist: refuses statuses it does not know
+    if status not in ("pending", "paid", "shipped", "cancelled"):
+        raise ValueError(f"unknown status {status!r}")
+    return export_copy(conn, path, status)
+
+
 def export_public_orders(conn, path, status):  # another table than the one it is given: public.orders
     return _export(conn, path, EXPORT.replace("FROM orders", "FROM public.orders"), (status,))
 
@@ -574,6 +608,7 @@ EXPORT_REJECTS = [
     (export_counts_lines, ["returned 17", "header is not a row"]),
     (export_skips_empty, ["wrote no file", "header line only"]),
     (export_rowcount_after_close, ["returned -1"]),
+    (export_refuses_odd_statuses, ["raised ValueError", "no error: your file then holds the header line only"]),
     (export_public_orders, ["pasted into the SQL|COPY writes"]),
 ]
 

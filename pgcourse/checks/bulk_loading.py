@@ -118,8 +118,8 @@ class _Wire:
         self._file.seek(0)
         for line in self._file.read().decode("ascii", "replace").splitlines():
             parts = line.split("\t", 3)
-            if len(parts) == 4 and parts[0] == "F":
-                self.sent.append((parts[2], parts[3]))
+            if len(parts) == 4 and parts[0] == "F":  # libpq writes a byte it cannot print as \xNN: a space here
+                self.sent.append((parts[2], re.sub(r"\\x[0-9a-fA-F]{2}", " ", parts[3])))
         self._file.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
@@ -161,6 +161,11 @@ def _how_values_travelled(wire: _Wire, statements: list[str], pattern: re.Patter
 
 
 def _learner_left_transaction(conn: psycopg.Connection, call_text: str) -> CheckFailed | None:
+    """A verdict when the learner's function closed conn, or left a transaction open on it."""
+    if conn.closed:
+        return CheckFailed(f"{call_text} closed the connection it was given; the caller still needs it.",
+                           "leave conn open: `with conn:` closes it when the block ends; use `with conn.cursor() as"
+                           " cur:` or `with conn.transaction():`, which leave it open")
     status = conn.info.transaction_status
     if status == pq.TransactionStatus.IDLE:
         conn.autocommit = True
@@ -180,7 +185,7 @@ LOAD_ROWS = 10_000
 SPEED_MARGIN = 6  # a COPY through Python (csv + write_row) runs 2-3x the check's COPY of the file in blocks;
                   # executemany runs 10-15x, multi-row VALUES with parameters about 10x, row by row 50x
 SPEED_RUNS = 3
-SKU = re.compile(r"SKU-[0-9]{6}")
+SKU = re.compile(r"\bSKU-[0-9]{6}\b")
 HEADER = ("sku", "name", "price", "stock")
 
 
@@ -309,7 +314,7 @@ def _judge_speed(ex: _Exercise, fn, conn: psycopg.Connection, path: Path, call_t
 # --- Exercise 2 ----------------------------------------------------------------------------------
 
 PRICE_ROWS = 100
-PRICE_SKU = re.compile(r"P[0-9]{4}")
+PRICE_SKU = re.compile(r"\bP[0-9]{4}\b")
 
 
 def _initial_prices() -> dict[str, tuple[str, Decimal]]:
@@ -381,6 +386,10 @@ def _left_behind(admin: psycopg.Connection, conn: psycopg.Connection) -> list[st
     return sorted(tables) + temp
 
 
+def _product(row: tuple[str, Decimal] | None) -> str:
+    return "missing" if row is None else f"({row[0]!r}, {row[1]})"
+
+
 def _upsert_hint(exc: BaseException) -> str:
     if isinstance(exc, psycopg.errors.CardinalityViolation):
         return ("a sku that appears on several lines must reach ON CONFLICT once: keep its last valid line"
@@ -436,7 +445,7 @@ def upsert_prices(fn) -> None:
                 shown = {n: lines[n - 2][:3] for n in (missed + extra)[:1] if 2 <= n < len(lines) + 2}
                 detail = "; ".join(f"line {n} is sku {s!r}, name {nm!r}, price {p!r}" for n, (s, nm, p) in shown.items())
                 raise CheckFailed(f"{call_text} returned {sorted(returned)} as the rejected lines; they are {rejected}"
-                                  + (f" (missing {missed[:5]})" if missed else "") + (f" (not wrong: {extra[:5]})" if extra else "")
+                                  + (f" (missing {missed[:5]})" if missed else "") + (f" (valid, yet reported: {extra[:5]})" if extra else "")
                                   + (f". {detail}." if detail else "."),
                                   "number lines as a text editor does (the header is line 1), and apply every rule of the"
                                   " task: a price is digits, optionally a point and one or two digits, above 0 and below"
@@ -445,8 +454,8 @@ def upsert_prices(fn) -> None:
             wrong = [sku for sku in sorted(set(final) | set(got)) if got.get(sku) != final.get(sku)]
             if wrong:
                 sku = wrong[0]
-                raise CheckFailed(f"After {call_text}, {sku} is {got.get(sku, 'missing')}; it should be"
-                                  f" {final.get(sku, 'absent (only an invalid line names it)')}"
+                raise CheckFailed(f"After {call_text}, {sku} is {_product(got.get(sku))}; it should be"
+                                  f" {_product(final.get(sku)) if sku in final else 'absent (only an invalid line names it)'}"
                                   f" ({len(wrong)} product(s) differ).",
                                   "insert new skus and update existing ones (ON CONFLICT (sku) DO UPDATE SET name ="
                                   " EXCLUDED.name, price = EXCLUDED.price); when a sku appears on several lines, its"
@@ -533,8 +542,10 @@ def export_orders(fn) -> None:
                     "let psycopg quote it: pass it as a parameter, cur.copy(query, (status,)), or compose it with"
                     " sql.Literal(status); never build the quotes yourself (on a connection where"
                     " standard_conforming_strings is off, a backslash escapes a quote)")
+            hint = ("any text is a status to look for, and a status no order has is no error: your file then holds"
+                    " the header line only, and you return 0") if status in quoted or rows == 0 else None
             try:
-                returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,))
+                returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,), hint=hint)
             except psycopg.Error as exc:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 if status in quoted:
