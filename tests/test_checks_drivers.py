@@ -265,6 +265,12 @@ def count_sqlalchemy_exits(conn, customer_id, status):
     raise SystemExit(1)
 
 
+def count_psycopg_status_escaped(conn, customer_id, status):  # the integer a parameter, the status hand-escaped
+    escaped = status.replace("'", "''")
+    return conn.execute(f"SELECT count(*) FROM orders WHERE customer_id = %s AND status = '{escaped}'",
+                        (customer_id,)).fetchone()[0]
+
+
 async def count_asyncpg_logs_url(conn, customer_id, status):
     logging.getLogger("shop").info("counting on %s", os.environ["DATABASE_URL"])
     return await count_asyncpg(conn, customer_id, status)
@@ -298,6 +304,7 @@ def test_count_orders_passes_the_solution_and_stops_the_stub(capsys):
     ((count_psycopg, count_asyncpg_swallowing, count_sqlalchemy), r"returned 0; expected [1-9]"),
     ((count_psycopg, count_asyncpg, count_sqlalchemy_exits), "tried to end the program"),
     ((count_psycopg, count_asyncpg_logs_url, count_sqlalchemy), "printed or logged a secret"),
+    ((count_psycopg_status_escaped, count_asyncpg, count_sqlalchemy), r"received the status \('paid'\) inside"),
     ((count_psycopg, count_asyncpg, count_sqlalchemy_begins), "raised InvalidRequestError.*\n.*do not begin"),
 ])
 def test_count_orders_rejects_plausible_wrong_answers(functions, said):
@@ -451,6 +458,11 @@ def cheapest_constant_limit(conn, category, limit):
     return conn.cursor(row_factory=class_row(Product)).execute(QUERY, (category, 5)).fetchall()
 
 
+def dicts_print_password(conn, category, limit):
+    print("password:", conn.info.password)
+    return cheapest_dicts(conn, category, limit)
+
+
 def test_cheapest_passes_the_solution_and_stops_the_stub(capsys):
     drivers.cheapest(cheapest, cheapest_dicts, Product)
     assert "Exercise 3 passed" in capsys.readouterr().out
@@ -474,6 +486,7 @@ def test_cheapest_passes_the_solution_and_stops_the_stub(capsys):
     ((cheapest_limit_pasted, cheapest_dicts), r"the limit \(\d+\) never travelled as a parameter"),
     ((cheapest_category_pasted, cheapest_dicts), r"received the category \('kitchen'\) inside the SQL text"),
     ((cheapest_constant_limit, cheapest_dicts), "gave"),
+    ((cheapest, dicts_print_password), "printed or logged a secret"),
 ])
 def test_cheapest_rejects_plausible_wrong_answers(functions, said):
     with pytest.raises(CheckFailed, match=said) as caught:
