@@ -30,7 +30,18 @@ from decimal import Decimal
 import psycopg
 from psycopg import pq
 
-from . import CheckFailed, NotDone, check_connect, database_url, describe_call, new_tag, passed, run, with_params
+from . import (
+    CheckFailed,
+    NotDone,
+    check_connect,
+    database_url,
+    describe_call,
+    learner_env,
+    new_tag,
+    passed,
+    run,
+    with_params,
+)
 
 SCHEMA = "exercise04"  # also written literally in the SQL below
 IDS = (4101, 4102, 4103, 4104)
@@ -126,13 +137,15 @@ class _Tables:
 
 @contextmanager
 def _exercise_tables(exercise: int = 0) -> Iterator[_Tables]:
-    """Fresh tables in their own schema (committed, dropped at the end)."""
+    """Fresh tables in their own schema (committed, dropped at the end); while inside, DATABASE_URL
+    carries the learner's tag."""
     url = database_url()
     with check_connect(url, autocommit=True) as admin:
         admin.execute(TABLES)
         tables = _Tables(admin, url, exercise)
         try:
-            yield tables
+            with learner_env(tables.tag, url):  # a connection the learner's code opens itself is tagged too
+                yield tables
         finally:
             tables.close()
             with contextlib.suppress(psycopg.Error):
@@ -475,8 +488,12 @@ def _counting(statement: str | None = None, python: BaseException | None = None)
     return work, calls
 
 
-def _retry_call(fn, conn, work, attempts, tag):
-    return _outcome(2, fn, conn, work, attempts, tag=tag, timeout=30)
+def _retry_call(fn, conn, work, attempts, tag, timeout: float = 30):
+    return _outcome(2, fn, conn, work, attempts, tag=tag, timeout=timeout)
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
 
 def _reference_gaps(conn: psycopg.Connection, attempts: int) -> list[float]:
@@ -535,17 +552,23 @@ def with_retry(fn) -> None:
         conn = tables.connect()
         for attempts in (1, 3):
             work, calls = _counting(CONFLICT)
-            how, what = _retry_call(fn, conn, work, attempts, tables.tag)
+            how, what = _retry_call(fn, conn, work, attempts, tables.tag, timeout=15)
             call = f"{name}(conn, work, {attempts})"
             if how == "returned":
                 raise CheckFailed(f"{call}, with work that always fails with a serialization failure (40001), returned"
                                   f" {what!r} after {len(calls)} attempt(s): the caller never learns the work was"
                                   " not done.", "after the last attempt, raise the error (a bare `raise` in the"
                                   " except block) instead of returning")
+            if len(calls) < attempts and _has_state(what, "40001"):
+                raise CheckFailed(f"{call}, with work that always fails with a serialization failure (40001, message"
+                                  f" 'conflict forced by the check'), ran the work {_times(len(calls))}, not"
+                                  f" {_times(attempts)}.", "retry every serialization failure: recognise it by its"
+                                  " class (psycopg.errors.SerializationFailure) or exc.sqlstate == '40001', whatever"
+                                  " its message says; `attempts` counts every try, the first included")
             if len(calls) != attempts:
-                raise CheckFailed(f"{call}, with work that always fails with 40001, ran the work {len(calls)} times,"
-                                  f" not {attempts}.", "`attempts` counts every try, the first included: try at"
-                                  " most `attempts` times in all, then raise")
+                raise CheckFailed(f"{call}, with work that always fails with 40001, ran the work {_times(len(calls))},"
+                                  f" not {_times(attempts)}.", "`attempts` counts every try, the first included: try"
+                                  " at most `attempts` times in all, then raise")
             if not _has_state(what, "40001"):
                 raise CheckFailed(f"{call}, with work that always fails with 40001, raised {_first_line(what)}; the"
                                   " serialization failure itself was lost.", "re-raise the serialization failure"
@@ -557,10 +580,10 @@ def with_retry(fn) -> None:
         for _ in range(runs):
             reference += _reference_gaps(conn, attempts)
             work, calls = _counting(CONFLICT)
-            how, what = _retry_call(fn, conn, work, attempts, tables.tag)
+            how, what = _retry_call(fn, conn, work, attempts, tables.tag, timeout=15)
             if how == "returned" or len(calls) != attempts:
                 raise CheckFailed(f"{name}(conn, work, {attempts}) with work that always fails with 40001 ran it"
-                                  f" {len(calls)} times and {'returned' if how == 'returned' else 'raised'}.",
+                                  f" {_times(len(calls))} and {'returned' if how == 'returned' else 'raised'}.",
                                   "try at most `attempts` times in all, then raise the last error")
             gaps.append([b - a for a, b in zip(calls, calls[1:], strict=False)])
         own = min(reference)  # an attempt's own duration, without any wait
@@ -598,7 +621,7 @@ def with_retry(fn) -> None:
                                   " the error was swallowed.", "catch only psycopg.errors.SerializationFailure; let"
                                   " every other error propagate")
             if len(calls) != 1:
-                raise CheckFailed(f"{name}(conn, work, 4) ran work that fails with {what_bug} {len(calls)} times;"
+                raise CheckFailed(f"{name}(conn, work, 4) ran work that fails with {what_bug} {_times(len(calls))};"
                                   " retrying cannot fix it.", "retry only serialization failures (catch"
                                   " psycopg.errors.SerializationFailure, or test exc.sqlstate == '40001'; not the"
                                   " message text); let other errors propagate at once")
@@ -610,7 +633,7 @@ def with_retry(fn) -> None:
         how, what = _retry_call(fn, conn, work, 3, tables.tag)
         if how == "returned" or not _has_state(what, "40P01") or not 1 <= len(calls) <= 3:
             raise CheckFailed(f"{name}(conn, work, 3) with work that always fails with a deadlock (40P01) ran it"
-                              f" {len(calls)} times and " + (f"returned {what!r}." if how == "returned" else
+                              f" {_times(len(calls))} and " + (f"returned {what!r}." if how == "returned" else
                                                              f"raised {_first_line(what)}."),
                               "retrying a deadlock is allowed, but at most `attempts` times in all, and the last"
                               " error must propagate")
