@@ -113,6 +113,10 @@ def url_fixed_host(user, password, host, port, dbname):
     return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}/{quote(dbname, safe='')}"
 
 
+def url_the_course_url_mangled(user, password, host, port, dbname):  # a parser's error quotes this URL
+    return os.environ["DATABASE_URL"] + "?x y"
+
+
 def url_printed(user, password, host, port, dbname):
     url = url_quoted(user, password, host, port, dbname)
     print("built", url)
@@ -158,6 +162,7 @@ def test_build_url_accepts_right_alternatives(right, capsys):
     (url_quoted_host, "'::1'.*never reached"),
     (url_default_port, "(?s)never reached.*Hint: use the port you are given"),
     (url_fixed_host, "never reached"),
+    (url_the_course_url_mangled, "failed for"),
     (url_printed, "printed or logged a secret"),
     (url_logged_password, "printed or logged a secret"),
     (url_exits, "tried to end the program"),
@@ -284,6 +289,55 @@ class DecodedMask:
     __str__ = __repr__
 
 
+class FirstOnly:
+    """Masks the password where it first appears in the URL, and only there."""
+
+    __slots__ = ("_url",)
+
+    def __init__(self, url):
+        self._url = url
+
+    @property
+    def database_url(self):
+        return self
+
+    def get_secret_value(self):
+        return self._url
+
+    def __repr__(self):
+        return self._url.replace(urlsplit(self._url).password or "x", "***", 1)
+
+    __str__ = __repr__
+
+
+def settings_masks_first_occurrence():
+    return FirstOnly(GoodSettings().database_url.get_secret_value())
+
+
+def settings_own_secret_type():  # a right alternative: a class of its own that prints masked
+    class Hidden:
+        def __init__(self, value):
+            self._value = value
+
+        def get_secret_value(self):
+            return self._value
+
+        def __repr__(self):
+            return "Hidden('***')"
+
+    class Settings:
+        def __init__(self):
+            value = os.environ.get("DATABASE_URL", "")
+            if not value:
+                raise LookupError("set DATABASE_URL to the database's URL")
+            self.database_url = Hidden(value)
+
+        def __repr__(self):
+            return f"Settings(database_url={self.database_url!r})"
+
+    return Settings()
+
+
 def settings_masks_decoded_only():
     return DecodedMask(GoodSettings().database_url.get_secret_value())
 
@@ -341,7 +395,8 @@ def test_load_settings_passes_the_solution_and_stops_the_stub(capsys):
     no_demo_roles_left()
 
 
-@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret])
+@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret,
+                                   settings_own_secret_type])
 def test_load_settings_accepts_right_alternatives(right, capsys):
     checks.load_settings(right)
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -355,6 +410,7 @@ def test_load_settings_accepts_right_alternatives(right, capsys):
     (settings_masked_repr_plain_field, r"print\(settings.database_url\) shows the password"),
     (settings_str_masked_repr_not, r"repr\(settings\) shows the password"),
     (settings_masks_decoded_only, "shows the password"),
+    (settings_masks_first_occurrence, "(?s)fallback_application_name.*shows the password"),
     (settings_printed, "printed or logged a secret"),
     (settings_logged, "printed or logged a secret"),
     (settings_default, "unset, load_settings\\(\\) returned SecretDataclass instead of failing"),
@@ -371,6 +427,16 @@ def test_load_settings_rejects_plausible_wrong_answers(wrong, said, capsys):
         "a check message must never show the password"
     assert os.environ.get("DATABASE_URL")
     no_demo_roles_left()
+
+
+def settings_raise_with_url():
+    raise ValueError(f"cannot use {os.environ.get('DATABASE_URL')}")
+
+
+def test_an_error_that_quotes_the_url_is_masked_in_the_verdict():
+    with pytest.raises(CheckFailed, match=r"raised ValueError: cannot use \*+") as caught:
+        checks.load_settings(settings_raise_with_url)
+    assert password_of_database_url() not in str(caught.value)
 
 
 def test_a_constant_read_once_fails():

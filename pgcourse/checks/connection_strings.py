@@ -63,6 +63,31 @@ def _demo_role(admin: psycopg.Connection, role: str, password: str) -> None:
     admin.execute("SELECT pgcourse.create_demo_role(%s, %s)", (role, verifier.decode()))
 
 
+def _run(exercise: int, fn, *args, secrets=None, **kwargs):
+    """`run`, with any secret masked in the verdict too (the shared run shows the first line of what the
+    learner's code raised as it is, and that line may quote the URL)."""
+    secrets = list(secrets) if secrets is not None else secrets_in()
+    try:
+        return run(exercise, fn, *args, secrets=secrets, **kwargs)
+    except CheckFailed as failed:
+        raise CheckFailed(mask(failed.observed, secrets), failed.hint) from None
+
+
+def _masked(check):
+    """Whatever a check says, DATABASE_URL's password is never in it (a parser's error can quote the URL)."""
+    import functools
+
+    @functools.wraps(check)
+    def checked(*args, **kwargs):
+        secrets = secrets_in(database_url())
+        try:
+            return check(*args, **kwargs)
+        except CheckFailed as failed:
+            raise CheckFailed(mask(failed.observed, secrets), mask(failed.hint, secrets)) from None
+
+    return checked
+
+
 def _password_forms(password: str) -> list[str]:
     """The ways a learner's code could print a password: as is, and URL-encoded."""
     return sorted({password, quote(password, safe=""), quote(password), quote_plus(password)})
@@ -106,11 +131,11 @@ PARSERS = [("psycopg", _with_psycopg), ("psycopg2", _with_psycopg2), ("asyncpg",
 
 
 def _logins(url: str) -> dict[str, str]:
-    """Who each of four parsers logs in as with `url` (or the error it gave)."""
+    """'logged in as ...' for each of four parsers with `url`, or the error it gave."""
     results = {}
     for parser, attempt in PARSERS:
         try:
-            results[parser] = attempt(url)
+            results[parser] = f"logged in as {attempt(url)!r}"
         except Exception as exc:  # every parser fails in its own way; report what it said
             results[parser] = _short(exc)
     return results
@@ -202,7 +227,7 @@ def _sent_to(stand_in: _StandIn, url: str) -> dict[str, dict | str]:
 
 
 def _built(fn, args: tuple, secrets: list[str]) -> str:
-    built = run(1, fn, *args, secrets=secrets, timeout=20,
+    built = _run(1, fn, *args, secrets=secrets, timeout=20,
                 hint="run build_url on its own in a cell with these arguments, and read the error")
     if not isinstance(built, str):
         raise CheckFailed(f"build_url returned a {type(built).__name__}, not a str.", "return the URL as a string")
@@ -245,6 +270,7 @@ def _stand_in_case(fn, host: str, user: str, password: str, dbname: str, secrets
     return True
 
 
+@_masked
 def build_url(fn) -> None:
     """Exercise 1: fn(user, password, host, port, dbname) -> a URL every driver reads right."""
     url = database_url()
@@ -259,7 +285,7 @@ def build_url(fn) -> None:
             for role, password in roles:
                 built = _built(fn, (role, password, parts["host"], int(parts["port"]), parts["dbname"]), secrets)
                 logins = _logins(built)
-                wrong = {parser: who for parser, who in logins.items() if who != role}
+                wrong = {parser: who for parser, who in logins.items() if who != f"logged in as {role!r}"}
                 if wrong:
                     said = "; ".join(f"{parser}: {who}" for parser, who in wrong.items())
                     raise CheckFailed(f"With a password of {password!r}, your URL failed for {', '.join(wrong)} ({said}).",
@@ -320,7 +346,7 @@ def _loaded(fn, env_url: str, secrets: list[str]):
     """Call load_settings() with DATABASE_URL = env_url; judge what it returned."""
     passwords = [s for s in secrets if "://" not in s]
     shown = mask(env_url, passwords)
-    settings = run(2, fn, secrets=secrets, timeout=20,
+    settings = _run(2, fn, secrets=secrets, timeout=20,
                    hint="run load_settings() on its own in a cell, with DATABASE_URL set, and read the error")
     if not hasattr(settings, "database_url"):
         raise CheckFailed(f"The settings object ({type(settings).__name__}) has no database_url.",
@@ -362,7 +388,7 @@ def _must_fail(fn, value: str | None, secrets: list[str]) -> None:
     else:
         os.environ["DATABASE_URL"] = value
     try:
-        result = run(2, fn, secrets=secrets, timeout=20, allowed=(Exception,),
+        result = _run(2, fn, secrets=secrets, timeout=20, allowed=(Exception,),
                      hint="raise an exception that names DATABASE_URL; never end the program from a function")
     except NotDone:
         raise
@@ -390,13 +416,16 @@ def _must_fail(fn, value: str | None, secrets: list[str]) -> None:
             os.environ["DATABASE_URL"] = saved
 
 
+@_masked
 def load_settings(fn) -> None:
     """Exercise 2: settings from the environment; clear failure when missing or empty; the password never shown."""
     url = database_url()
     parts = conninfo_to_dict(url)
     role = f"exercise02_settings_{_secrets.token_hex(3)}"
     second = (f"postgresql://{role}:{quote(SETTINGS_PASSWORD, safe='')}@{parts['host']}:{parts['port']}/"
-              f"{quote(parts['dbname'], safe='')}?connect_timeout=10")
+              f"{quote(parts['dbname'], safe='')}?connect_timeout=10"
+              # the password a second time, where a mask that replaces only its first occurrence leaves it
+              f"&fallback_application_name={quote(SETTINGS_PASSWORD, safe='')}")
     tag = new_tag(2)
     tagged = with_params(url, application_name=tag)
     secrets = sorted(set(secrets_in(url) + secrets_in(tagged) + secrets_in(second)))
@@ -441,7 +470,7 @@ def _judge_find(find_fn, handed: psycopg.Connection, observer: psycopg.Connectio
                 expected: int | None) -> None:
     """Ask find_session for `wanted` on the connection handed to it; the answer must be `expected`."""
     try:
-        got = run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid], allowed=(psycopg.Error,),
+        got = _run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid], allowed=(psycopg.Error,),
                   hint="run find_session on its own in a cell with a connection and a name, and read the error")
     except psycopg.Error as exc:
         pasted = isinstance(exc, psycopg.errors.SyntaxError)
@@ -466,6 +495,7 @@ def _judge_find(find_fn, handed: psycopg.Connection, observer: psycopg.Connectio
                       f" {got!r}{whose}; expected {expected!r}.", hint)
 
 
+@_masked
 def tagged_session(connect_fn, find_fn) -> None:
     """Exercise 3: connect_fn(url, name) tags the session; find_fn(conn, name) finds its pid."""
     url = database_url()
@@ -497,7 +527,7 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
     decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
     conn = None
     try:
-        conn = run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
+        conn = _run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
         if not isinstance(conn, psycopg.Connection):
             raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
                               "return the connection that psycopg.connect(...) gives you")
