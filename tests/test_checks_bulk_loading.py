@@ -223,6 +223,15 @@ def load_closes_conn(conn, path):  # `with conn:` closes the caller's connection
         return cur.rowcount
 
 
+def load_temp_left_behind(conn, path):  # a temp table that outlives the call: the next call cannot create it
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE incoming (LIKE products_import)")
+        with open(path, "rb") as source, cur.copy("COPY incoming FROM STDIN (FORMAT csv, HEADER)") as copy:
+            copy.write(source.read())
+        cur.execute("INSERT INTO products_import SELECT * FROM incoming")
+        return cur.rowcount
+
+
 def load_hangs(conn, path):
     conn.execute("SELECT pg_sleep(600)")
 
@@ -253,6 +262,7 @@ LOAD_REJECTS = [
     (load_exits, ["SystemExit"]),
     (load_prints_url, ["printed or logged a secret"]),
     (load_open_transaction, ["transaction still open"]),
+    (load_temp_left_behind, ["DuplicateTable", "ON COMMIT DROP"]),
     (load_closes_conn, ["closed the connection it was given", "with conn:"]),
 ]
 if TRACED:
@@ -466,6 +476,51 @@ def upsert_per_line_from_staging(conn, path):  # staging, but one INSERT ... SEL
     return rejected
 
 
+def upsert_rewrites_the_table(conn, path):  # merge in Python, TRUNCATE, COPY everything back
+    with open(path, newline="", encoding="utf-8") as source:
+        lines = list(enumerate(csv.reader(source), start=1))[1:]
+    rejected = [n for n, row in lines if not _valid_in_python(*row)]
+    merged = {sku: (sku, name, price) for sku, name, price in conn.execute("SELECT sku, name, price FROM prices")}
+    merged.update({row[0]: tuple(row) for n, row in lines if n not in rejected})
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("TRUNCATE prices")
+        with cur.copy("COPY prices (sku, name, price) FROM STDIN") as copy:
+            for row in merged.values():
+                copy.write_row(row)
+    return rejected
+
+
+def upsert_copy_straight_in(conn, path):  # validated in Python, then COPY into prices itself
+    with open(path, newline="", encoding="utf-8") as source:
+        lines = list(enumerate(csv.reader(source), start=1))[1:]
+    rejected = [n for n, row in lines if not _valid_in_python(*row)]
+    with conn.cursor() as cur, cur.copy("COPY prices (sku, name, price) FROM STDIN") as copy:
+        for n, row in lines:
+            if n not in rejected:
+                copy.write_row(row)
+    return rejected
+
+
+def upsert_update_then_insert(conn, path):  # two statements from staging instead of ON CONFLICT: fine
+    with conn.transaction(), conn.cursor() as cur:
+        _stage(cur, path, "drop")
+        rejected = [line + 1 for (line,) in cur.execute(f"SELECT line FROM staging WHERE NOT ({VALID}) ORDER BY line")]
+        cur.execute(f"CREATE TEMP TABLE last ON COMMIT DROP AS SELECT DISTINCT ON (sku) sku, name, price::numeric AS price"
+                    f" FROM staging WHERE {VALID} ORDER BY sku, line DESC")
+        cur.execute("UPDATE prices p SET name = l.name, price = l.price FROM last l WHERE p.sku = l.sku")
+        cur.execute("INSERT INTO prices SELECT * FROM last l WHERE NOT EXISTS (SELECT FROM prices p WHERE p.sku = l.sku)")
+    return rejected
+
+
+def upsert_leaves_temp_and_fails_next_time(conn, path):  # CREATE TEMP TABLE without ON COMMIT DROP, never dropped
+    with conn.cursor() as cur:
+        _stage(cur, path)
+        rejected = [line + 1 for (line,) in cur.execute(f"SELECT line FROM staging WHERE NOT ({VALID}) ORDER BY line")]
+        cur.execute(f"INSERT INTO prices SELECT DISTINCT ON (sku) sku, name, price::numeric FROM staging WHERE {VALID}"
+                    " ORDER BY sku, line DESC ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
+    return rejected
+
+
 def upsert_swallows(conn, path):
     try:
         return upsert_unbounded_regex(conn, path)
@@ -491,6 +546,9 @@ UPSERT_REJECTS = [
     (upsert_row_by_row, [r"as parameters of \d+ statement", "staging table"]),
     (upsert_fstring, ["written into the SQL text"]),
     (upsert_per_line_from_staging, [r"received \d+ statements that wrote the table", "one INSERT ... SELECT"]),
+    (upsert_rewrites_the_table, ["removed rows from prices \\(TRUNCATE\\)", "ON CONFLICT"]),
+    (upsert_copy_straight_in, ["UniqueViolation", "COPY only inserts"]),
+    (upsert_leaves_temp_and_fails_next_time, ["left temporary staging behind"]),
     (upsert_swallows, ["returned \\[\\] as the rejected lines"]),
 ]
 
@@ -501,7 +559,7 @@ def test_upsert_prices_rejects(fn, said):
 
 
 @pytest.mark.parametrize("fn", [upsert, upsert_on_commit_drop, upsert_permanent_dropped, upsert_window,
-                                upsert_validated_in_python])
+                                upsert_validated_in_python, upsert_update_then_insert])
 def test_upsert_prices_accepts(fn, capsys):
     checks.upsert_prices(fn)
     assert "Exercise 2 passed" in capsys.readouterr().out

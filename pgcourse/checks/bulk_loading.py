@@ -37,16 +37,16 @@ DROP SCHEMA IF EXISTS exercise05 CASCADE;
 CREATE SCHEMA exercise05;
 CREATE TABLE exercise05.products_import (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2), stock integer NOT NULL);
 CREATE TABLE exercise05.baseline (LIKE exercise05.products_import INCLUDING ALL);
-CREATE TABLE exercise05.statements (query text NOT NULL);
+CREATE TABLE exercise05.statements (op text NOT NULL, query text NOT NULL);
 CREATE FUNCTION exercise05.record_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO exercise05.statements VALUES (current_query());
+    INSERT INTO exercise05.statements VALUES (TG_OP, current_query());
     RETURN NULL;
 END $$;
 CREATE TRIGGER record AFTER INSERT ON exercise05.products_import
     FOR EACH STATEMENT EXECUTE FUNCTION exercise05.record_statement();
 CREATE TABLE exercise05.prices (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) NOT NULL CHECK (price > 0));
-CREATE TRIGGER record AFTER INSERT OR UPDATE ON exercise05.prices
+CREATE TRIGGER record AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON exercise05.prices
     FOR EACH STATEMENT EXECUTE FUNCTION exercise05.record_statement();
 """
 TIME_LIMIT = 30  # seconds per call of the learner's function: row by row, 10,000 rows take a few seconds
@@ -160,6 +160,15 @@ def _how_values_travelled(wire: _Wire, statements: list[str], pattern: re.Patter
     return None
 
 
+def _hint(exc: BaseException) -> str:
+    """The hint for an error no exercise-specific hint explains."""
+    if isinstance(exc, psycopg.errors.DuplicateTable):
+        return ("a table your function created in its previous call is still there (the check calls it several"
+                " times on one connection, and a temporary table lives as long as the connection): create it with"
+                " ON COMMIT DROP inside `with conn.transaction():`, or drop it before returning")
+    return "run your function on its own in a cell with the same arguments, and read the error"
+
+
 def _learner_left_transaction(conn: psycopg.Connection, call_text: str) -> CheckFailed | None:
     """A verdict when the learner's function closed conn, or left a transaction open on it."""
     if conn.closed:
@@ -234,7 +243,7 @@ def _load_hint(exc: BaseException) -> str:
         return "let the server parse the file as CSV (FORMAT csv): quoted fields may hold commas, quotes and line breaks"
     if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and "numeric" in text:
         return "an empty price is unknown: it must arrive as NULL (COPY's CSV format makes an empty unquoted field NULL)"
-    return "run your function on its own in a cell with the same arguments, and read the error"
+    return _hint(exc)
 
 
 def load_csv(fn) -> None:
@@ -400,10 +409,10 @@ def _upsert_hint(exc: BaseException) -> str:
                         psycopg.errors.CheckViolation)):
         return ("stage the raw lines as text, decide which are valid before casting anything, and move only those"
                 " (a cast of a bad line fails the whole statement)")
-    if isinstance(exc, psycopg.errors.DuplicateTable):
-        return ("the staging table of the previous call is still there: drop it before returning, or create it"
-                " with ON COMMIT DROP inside `with conn.transaction():`")
-    return "run your function on its own in a cell with the same arguments, and read the error"
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ("COPY only inserts: load into a staging table, then INSERT ... SELECT ... ON CONFLICT (sku) DO UPDATE"
+                " updates the products that exist")
+    return _hint(exc)
 
 
 def upsert_prices(fn) -> None:
@@ -429,7 +438,14 @@ def upsert_prices(fn) -> None:
                     raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _upsert_hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
                 raise left
-            statements = [q for (q,) in admin.execute("SELECT query FROM exercise05.statements")]
+            recorded = admin.execute("SELECT op, query FROM exercise05.statements").fetchall()
+            removed = sorted({op for op, _ in recorded if op in ("DELETE", "TRUNCATE")})
+            if removed:
+                raise CheckFailed(f"{call_text} removed rows from prices ({' and '.join(removed)}), then wrote them"
+                                  " again: an upsert leaves alone the products the file does not name.",
+                                  "insert and update in place from the staging table: INSERT ... SELECT ... ON CONFLICT"
+                                  " (sku) DO UPDATE SET ...")
+            statements = [q for op, q in recorded if op in ("INSERT", "UPDATE")]
             verdict = _how_values_travelled(
                 wire, statements, PRICE_SKU, "lines", len(lines),
                 "COPY the file into a staging table, then move the valid lines with one INSERT ... SELECT ... ON CONFLICT",
@@ -550,9 +566,7 @@ def export_orders(fn) -> None:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 if status in quoted:
                     raise pasted(f"your function raised {type(exc).__name__}: {first}") from None
-                raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}",
-                                  "run your function on its own in a cell with the same arguments, and read the"
-                                  " error") from None
+                raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
                 raise left
             if not path.exists():
