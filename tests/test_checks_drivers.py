@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import ClientCursor, sql
 from psycopg.rows import class_row, dict_row, kwargs_row, namedtuple_row, tuple_row
-from sqlalchemy import text
+from sqlalchemy import column, func, select, table, text
 
 from pgcourse.checks import CheckFailed, NotDone, drivers
 
@@ -352,8 +352,22 @@ def count_psycopg_str_param(conn, customer_id, status):  # the server reads '123
     return conn.execute(Q, (str(customer_id), status)).fetchone()[0]
 
 
+async def count_asyncpg_cursor(conn, customer_id, status):  # a cursor in a transaction of its own (a savepoint)
+    async with conn.transaction():
+        cur = await conn.cursor("SELECT count(*) FROM orders WHERE customer_id = $1 AND status = $2", customer_id, status)
+        return (await cur.fetchrow())[0]
+
+
+def count_sqlalchemy_core(conn, customer_id, status):
+    orders = table("orders", column("customer_id"), column("status"))
+    query = select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id,
+                                                            orders.c.status == status)
+    return conn.scalar(query)
+
+
 @pytest.mark.parametrize("functions", [
     (count_psycopg_named, count_asyncpg_fetchrow, count_sqlalchemy_bindparams),
+    (count_psycopg, count_asyncpg_cursor, count_sqlalchemy_core),
     (count_psycopg_str_param, count_asyncpg, count_sqlalchemy_driver_sql),
     (count_psycopg, count_asyncpg_prepared, count_sqlalchemy_commits),
 ])
