@@ -177,6 +177,17 @@ def transfer_lock_in_argument_order(conn, source, target, amount):  # deadlocks 
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
 
 
+def transfer_for_share(conn, source, target, amount):  # share locks: both read, then each waits for the other
+    _validate(source, target, amount)
+    with conn.transaction():
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
 def transfer_deadlock_wrapped(conn, source, target, amount):  # deadlocks, and hides it behind its own error
     try:
         transfer_lock_in_argument_order(conn, source, target, amount)
@@ -372,6 +383,7 @@ def test_transfer_accepts_right_alternatives(right, capsys):
     (transfer_two_transactions, "changed balances"),
     (transfer_lock_in_argument_order, "deadlock"),
     (transfer_deadlock_wrapped, "deadlock"),
+    (transfer_for_share, "(?s)deadlock.*FOR SHARE lets two transfers"),
     (transfer_deadlock_retried, "deadlock"),
     (transfer_returns_false, "returned False without raising"),
     (transfer_swallows_everything, "returned None without raising"),

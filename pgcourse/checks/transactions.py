@@ -370,10 +370,11 @@ def _gates(fn, tables: _Tables) -> None:
         return "; ".join(f"{s} -> {t} ({a}) " + ("went through" if r[0] == "returned" else f"raised {_first_line(r[1])}")
                          for (s, t, a), r in zip(calls, results, strict=False))
 
-    deadlock_msg = ("each held one account and waited for the other, until the server ended one of them (deadlock,"
+    deadlock_msg = ("each waited for a lock the other held, until the server ended one of them (deadlock,"
                     " SQLSTATE 40P01)")
-    deadlock_hint = ("lock both accounts in the same order whatever the direction of the transfer, e.g. one"
-                     " SELECT ... WHERE id = ANY(...) ORDER BY id FOR UPDATE")
+    deadlock_hint = ("lock both accounts with FOR UPDATE, in the same order whatever the direction of the transfer:"
+                     " one SELECT ... WHERE id = ANY(...) ORDER BY id FOR UPDATE (FOR SHARE lets two transfers hold"
+                     " the same row, then each waits for the other to let go before it can write)")
 
     calls = [(4102, 4101, Decimal("5.55")), (4101, 4102, Decimal("6.66"))]
     results, deadlock, after = _Gate(fn, tables, hold=4102)(calls)
@@ -397,8 +398,9 @@ def _gates(fn, tables: _Tables) -> None:
     went = [r[0] == "returned" for r in results]
     total = sum(after[i] for i in IDS)
     if deadlock:
-        raise CheckFailed(f"Two transfers from account 4101, started while another transaction held it: {deadlock_msg}.",
-                          deadlock_hint)
+        raise CheckFailed("Two transfers from account 4101, started while another transaction held it, deadlocked:"
+                          " each waited for a lock the other held, until the server ended one of them (SQLSTATE"
+                          " 40P01).", deadlock_hint)
     if all(went) or min(after.values()) < 0 or total != 4 * START:
         raise CheckFailed("Two transfers of 60 from account 4101 (balance 100), started while another transaction"
                           f" held that account: {show(results, calls)}; balances after: 4101: {after[4101]}, 4102:"
