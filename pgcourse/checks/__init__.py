@@ -368,13 +368,12 @@ def describe_call(fn: Callable, args: tuple, kwargs: dict | None = None) -> str:
 
 def _raised(exercise: int, call_text: str, exc: BaseException, hint: str | None) -> CheckFailed:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, SystemExit):
-        observed = f"{call_text} tried to end the program (SystemExit({exc.code!r})) instead of returning or raising."
-        default = "raise an exception that says what went wrong; never call sys.exit() or exit() in a function"
-    else:
-        observed = f"{call_text} raised {type(exc).__name__}" + (f": {first}" if first else ".")
-        default = "run your function on its own in a cell with the same arguments, and read the error"
-    return CheckFailed(observed, hint or default)
+    if isinstance(exc, SystemExit):  # the check's hint is about its exercise, not about exit()
+        return CheckFailed(f"{call_text} tried to end the program (SystemExit({exc.code!r})) instead of returning"
+                           " or raising.",
+                           "raise an exception that says what went wrong; never call sys.exit() or exit() in a function")
+    return CheckFailed(f"{call_text} raised {type(exc).__name__}" + (f": {first}" if first else "."),
+                       hint or "run your function on its own in a cell with the same arguments, and read the error")
 
 
 def _outcome(exercise: int, call_text: str, cap: Captured, secrets: list[str], error: BaseException | None,
