@@ -108,6 +108,55 @@ def transfer_sql_identifier(conn, source, target, amount):  # right: psycopg.sql
                              " WHERE id IN (%s, %s)").format(table), (source, amount, amount, source, target))
 
 
+class InsufficientFunds(Exception):
+    pass
+
+
+def transfer_table_lock(conn, source, target, amount):  # right, if coarse: one transfer at a time
+    _validate(source, target, amount)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")
+        have = cur.execute("SELECT balance FROM accounts WHERE id = %s", (source,)).fetchone()
+        if have is None or cur.execute("SELECT 1 FROM accounts WHERE id = %s", (target,)).fetchone() is None:
+            raise LookupError("no such account")
+        if have[0] < amount:
+            raise InsufficientFunds(f"{source} holds {have[0]}")
+        cur.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_advisory_locks(conn, source, target, amount):  # right: advisory locks taken in id order
+    _validate(source, target, amount)
+    with conn.transaction():
+        for account in sorted((source, target)):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (account,))
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s)",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise InsufficientFunds("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
+def transfer_serializable_with_retry(conn, source, target, amount):  # right: SERIALIZABLE, retried on 40001
+    _validate(source, target, amount)
+    for attempt in range(20):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s)",
+                                             ([source, target],)).fetchall())
+                if len(balances) != 2 or balances[source] < amount:
+                    raise InsufficientFunds("refused")
+                for account in sorted((source, target)):
+                    delta = -amount if account == source else amount
+                    conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (delta, account))
+            return
+        except psycopg.errors.SerializationFailure:
+            time.sleep(0.002 * 2 ** min(attempt, 6) * random.random())
+    raise RuntimeError("gave up")
+
+
 def _write_in_id_order(conn, changes: dict[int, str], amount) -> None:
     for account in sorted(changes):  # updates in id order: no deadlock, so only the missing locks show
         conn.execute(f"UPDATE accounts SET {changes[account]} WHERE id = %s", (amount, account))
@@ -369,7 +418,8 @@ def test_transfer_passes_the_solution_and_stops_the_stub(capsys):
 
 
 @pytest.mark.parametrize("right", [transfer_two_selects_in_id_order, transfer_conditional_update,
-                                   transfer_manual_commit, transfer_sql_identifier])
+                                   transfer_manual_commit, transfer_sql_identifier, transfer_table_lock,
+                                   transfer_advisory_locks, transfer_serializable_with_retry])
 def test_transfer_accepts_right_alternatives(right, capsys):
     checks.transfer(right)
     assert "Exercise 1 passed" in capsys.readouterr().out
@@ -475,6 +525,20 @@ def retry_linear_capped(conn, work, attempts):  # right: linear growth with a ca
             if attempt == attempts:
                 raise
             time.sleep(min(1.0, 0.01 * attempt) + random.uniform(0, 0.002))
+
+
+def retry_while_loop(conn, work, attempts):  # right: a while loop, additive jitter, returns work's result
+    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            with conn.transaction():
+                return work(conn)
+        except psycopg.errors.SerializationFailure:
+            if tries >= attempts:
+                raise
+            time.sleep(0.01 * 2 ** tries + random.uniform(0, 0.01))
 
 
 def retry_never(conn, work, attempts):
@@ -674,7 +738,8 @@ def test_with_retry_passes_the_solution_and_stops_the_stub(capsys):
         checks.with_retry(stub)
 
 
-@pytest.mark.parametrize("right", [retry_full_jitter, retry_own_error_and_deadlocks, retry_linear_capped])
+@pytest.mark.parametrize("right", [retry_full_jitter, retry_own_error_and_deadlocks, retry_linear_capped,
+                                   retry_while_loop])
 def test_with_retry_accepts_right_alternatives(right, capsys):
     checks.with_retry(right)
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -730,6 +795,21 @@ def order_broad_savepoint(conn, customer, items, note):  # right: catches any da
             with conn.transaction(savepoint_name="note"):
                 conn.execute("INSERT INTO notes (order_id, note) VALUES (%s, %s)", (order_id, note))
         except psycopg.Error:
+            pass
+    return order_id
+
+
+def order_integrity_error(conn, customer, items, note):  # right: the parent class, with a cursor
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,))
+        (order_id,) = cur.fetchone()
+        for product, quantity in items:
+            cur.execute("INSERT INTO order_items (order_id, product, quantity) VALUES (%s, %s, %s)",
+                        (order_id, product, quantity))
+        try:
+            with conn.transaction():
+                cur.execute("INSERT INTO notes (order_id, note) VALUES (%s, %s)", (order_id, note))
+        except psycopg.errors.IntegrityError:
             pass
     return order_id
 
@@ -875,7 +955,7 @@ def test_place_order_with_note_passes_the_solution_and_stops_the_stub(capsys):
         checks.place_order_with_note(stub)
 
 
-@pytest.mark.parametrize("right", [order_broad_savepoint, order_manual_savepoint])
+@pytest.mark.parametrize("right", [order_broad_savepoint, order_manual_savepoint, order_integrity_error])
 def test_place_order_with_note_accepts_right_alternatives(right, capsys):
     checks.place_order_with_note(right)
     assert "Exercise 3 passed" in capsys.readouterr().out
