@@ -233,6 +233,12 @@ def load_temp_left_behind(conn, path):  # a temp table that outlives the call: t
         return cur.rowcount
 
 
+def load_drops_the_table(conn, path):  # the check's own queries then fail: a verdict, not its traceback
+    load_copy(conn, path)
+    conn.execute("DROP TABLE products_import CASCADE")
+    return 5
+
+
 def load_hangs(conn, path):
     conn.execute("SELECT pg_sleep(600)")
 
@@ -264,6 +270,7 @@ LOAD_REJECTS = [
     (load_prints_url, ["printed or logged a secret"]),
     (load_open_transaction, ["transaction still open"]),
     (load_temp_left_behind, ["DuplicateTable", "ON COMMIT DROP"]),
+    (load_drops_the_table, ["could not read its tables", "no DROP"]),
     (load_closes_conn, ["closed the connection it was given", "with conn:"]),
 ]
 if TRACED:

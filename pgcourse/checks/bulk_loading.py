@@ -3,11 +3,19 @@
 The checks work in a schema `exercise05` that they create (committed) and drop again, and call the
 learner's function several times, with files or statuses whose right answers differ, on connections
 they open themselves (autocommit, `search_path` exercise05, public, tagged with their own
-application_name). They judge what reached the server: the rows; the statements that wrote the target
-table (a statement-level trigger records each one's text, on every platform); where psycopg can trace
-libpq (Linux), every message the connection sent, so that a row that travelled as SQL text or as a
-parameter instead of COPY data is seen even when it went through a table of the learner's own; the
-speed of a load against the check's own COPY of the same file; and the bytes of an exported file.
+application_name, every call under a time limit). They judge what reached the server:
+
+- the rows, against the check's own COPY of the same file, or its own export, byte for byte;
+- how the data travelled: a statement-level trigger on the target table records the text (and for
+  `prices` the kind) of every statement that wrote it, on every platform; where psycopg can trace libpq
+  (Linux) the check also reads every message the learner's connection sent, so a value written into
+  SQL text or sent as a parameter is seen even when it went through a table of the learner's own;
+- the speed of a load: best of up to five turns against the check's own COPY of the same file;
+- what is left behind: tables in exercise05 or public, temporary tables on the connection, an open
+  transaction, a closed connection;
+- for the export: `orders` is the check's copy of the course's orders, stored out of id order, with a
+  few orders whose status holds quotes and a backslash, exported on connections with
+  standard_conforming_strings on and off, so that only psycopg's own quoting gets every status right.
 """
 
 from __future__ import annotations
@@ -89,7 +97,14 @@ def _exercise() -> Iterator[_Exercise]:
         try:
             with learner_env(tag, url) as tagged:
                 ex = _Exercise(admin, workdir, tag, tagged)
-                yield ex
+                try:
+                    yield ex
+                except psycopg.Error as exc:  # the learner's errors are judged where they happen: this is the check's
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    raise CheckFailed(f"After your function ran, the check could not read its tables in exercise05"
+                                      f" ({type(exc).__name__}: {first}).",
+                                      "leave the exercise's tables as they are (no DROP or ALTER); the check builds"
+                                      " them afresh on every run") from None
         finally:
             for conn in ex.conns if ex else ():
                 conn.close()
