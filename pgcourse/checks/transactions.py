@@ -55,7 +55,7 @@ CREATE TABLE exercise04.counter (id int PRIMARY KEY, value int NOT NULL);
 CREATE TABLE exercise04.orders (id int GENERATED ALWAYS AS IDENTITY (START WITH 7001) PRIMARY KEY,
                                 customer text NOT NULL);
 CREATE TABLE exercise04.order_items (order_id int NOT NULL REFERENCES exercise04.orders, product text NOT NULL,
-                                     quantity int NOT NULL CHECK (quantity > 0));
+                                     quantity int NOT NULL CONSTRAINT item_quantity CHECK (quantity > 0));
 CREATE TABLE exercise04.notes (order_id int PRIMARY KEY REFERENCES exercise04.orders,
                                note text NOT NULL CONSTRAINT note_length CHECK (length(note) <= 40));
 INSERT INTO exercise04.accounts SELECT 4100 + i, 100 FROM generate_series(1, 4) AS i;
@@ -731,23 +731,31 @@ def place_order_with_note(fn) -> None:
                               "do not test the note's length in Python: insert it in a savepoint and drop it only"
                               " when the database refuses it")
 
-        before, how, what, after, call = order("Barbara", [("chair", 31), ("stool", 0)], "Fine note", 50)
-        if after["orders"] != before["orders"] or after["items"] != before["items"] or after["notes"] != before["notes"]:
-            raise CheckFailed(f"{call} (quantity 0 is invalid) saved part of the order: orders"
-                              f" {len(before['orders'])} -> {len(after['orders'])}, items {len(before['items'])} ->"
-                              f" {len(after['items'])}, notes {len(before['notes'])} -> {len(after['notes'])}.",
-                              "put the whole order in one transaction block (with conn.transaction():)")
-        if how == "returned":
-            raise CheckFailed(f"{call} (quantity 0 is invalid) saved nothing but returned {what!r} without raising:"
-                              " the caller cannot tell the order was refused.",
-                              "catch only the note's error, inside the order's transaction; let an item's error"
-                              " propagate")
+        invalid = [("Barbara", [("chair", 31), ("stool", 0)], "quantity 0 is invalid", None),
+                   ("Edsger", [("chair", 37), ("bench", 500)], "the check set a limit of 99 on order_items.quantity",
+                    "ALTER TABLE exercise04.order_items DROP CONSTRAINT item_quantity, ADD CONSTRAINT item_quantity"
+                    " CHECK (quantity BETWEEN 1 AND 99)")]
+        for customer, items, why, change in invalid:
+            if change:
+                admin.execute(change)
+            before, how, what, after, call = order(customer, items, "Fine note", 50)
+            if after["orders"] != before["orders"] or after["items"] != before["items"] or after["notes"] != before["notes"]:
+                raise CheckFailed(f"{call} ({why}) saved part of the order: orders {len(before['orders'])} ->"
+                                  f" {len(after['orders'])}, items {len(before['items'])} -> {len(after['items'])},"
+                                  f" notes {len(before['notes'])} -> {len(after['notes'])}.",
+                                  "put the whole order in one transaction block (with conn.transaction():), and let"
+                                  " the database judge the items")
+            if how == "returned":
+                raise CheckFailed(f"{call} ({why}) saved nothing but returned {what!r} without raising: the caller"
+                                  " cannot tell the order was refused.", "catch only the note's error, inside the"
+                                  " order's transaction; let an item's error propagate")
         _no_pasted_values(tables, name, {
             "Ada O'Neil": "Ada O'Neil", "kettle 1.7l": "kettle 1.7l", 'mug "Grande"': 'mug "Grande"',
             "Don't open before the 24th!": "Don't open before the 24th!", "Grace": "Grace",
             "Please wrap it": "Please wrap it in blue paper, thanks!", "Linus": "Linus",
             "Happy new office!": "Happy new office! From all of us on the team.", "Barbara": "Barbara",
-            "stool": "stool", "17": 17, "23": 23, "19": 19, "29": 29, "31": 31,
+            "stool": "stool", "Edsger": "Edsger", "bench": "bench",
+            "17": 17, "23": 23, "19": 19, "29": 29, "31": 31, "37": 37, "500": 500,
             **{str(i): i for i in range(7001, 7011)}})
     passed(3, "a refused note dropped only the note (the table's limit judged it), an invalid item saved nothing"
               " and raised, and the new order's id came back.")
