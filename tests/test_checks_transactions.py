@@ -216,6 +216,16 @@ def transfer_two_transactions(conn, source, target, amount):  # commits half, th
             raise ValueError("no such account")
 
 
+def transfer_autocommit_conditional(conn, source, target, amount):  # each UPDATE commits on its own
+    _validate(source, target, amount)
+    if conn.execute("SELECT 1 FROM accounts WHERE id = %s", (target,)).fetchone() is None:
+        raise LookupError("no such target")
+    if conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s",
+                    (amount, source, amount)).rowcount != 1:
+        raise ValueError("refused")
+    conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
 def transfer_lock_in_argument_order(conn, source, target, amount):  # deadlocks under concurrency
     _validate(source, target, amount)
     with conn.transaction():
@@ -431,6 +441,7 @@ def test_transfer_accepts_right_alternatives(right, capsys):
     (transfer_lock_source_only, "deadlock"),
     (transfer_not_atomic, "changed balances"),
     (transfer_two_transactions, "changed balances"),
+    (transfer_autocommit_conditional, "not one transaction"),
     (transfer_lock_in_argument_order, "deadlock"),
     (transfer_deadlock_wrapped, "deadlock"),
     (transfer_for_share, "(?s)deadlock.*FOR SHARE lets two transfers"),

@@ -344,6 +344,7 @@ class _Gate:
                     if row and row[0] == "Lock":
                         break
                     time.sleep(0.01)
+            early = _balances(admin)  # while the transfers wait: nothing of theirs is committed yet
             holder.rollback()
             deadline = time.monotonic() + 45
             while any(th.is_alive() for th in threads) and time.monotonic() < deadline:
@@ -362,6 +363,14 @@ class _Gate:
                 raise result[1]
         raised = [r[1] for r in results if r and r[0] == "raised"]
         deadlock = deadlock or any(_has_state(e, "40P01") for e in raised)
+        start = {k: (BIG_BALANCE if k == BIG else START) for k in early}
+        if early != start and not deadlock:
+            moves = " then ".join(f"{s} -> {t} ({a})" for s, t, a in calls)
+            raise CheckFailed(f"Transfers {moves}, started while another transaction held account {self.hold}: while"
+                              f" they still waited for it, the check's own session already saw {_changes(start, early)}."
+                              " A transfer's first update was committed before its second: not one transaction.",
+                              "run both updates in one transaction (with conn.transaction():), so that other sessions"
+                              " see all of a transfer or nothing")
         return results, deadlock, _balances(admin)
 
 
