@@ -678,6 +678,37 @@ def export_refuses_odd_statuses(conn, path, status):  # a whitelist: refuses sta
     return export_copy(conn, path, status)
 
 
+def export_fstring_swallowed(conn, path, status):  # an error hidden behind return 0
+    try:
+        return export_fstring(conn, path, status)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def export_logs_url(conn, path, status):
+    import logging
+
+    logging.getLogger("export").debug("exporting from %s", os.environ["DATABASE_URL"])
+    return export_copy(conn, path, status)
+
+
+def export_old_syntax(conn, path, status):  # WITH CSV HEADER, SELECT *: the same bytes
+    return _export(conn, path, "COPY (SELECT * FROM orders WHERE status = %s ORDER BY id) TO STDOUT WITH CSV HEADER",
+                   (status,))
+
+
+def export_text_mode(conn, path, status):  # decoded and written as text: the same bytes here
+    with conn.cursor() as cur, open(path, "w", encoding="utf-8", newline="") as out:
+        with cur.copy(EXPORT, (status,)) as copy:
+            while block := copy.read():
+                out.write(bytes(block).decode())
+        return cur.rowcount
+
+
+def export_order_by_created_at(conn, path, status):
+    return _export(conn, path, EXPORT.replace("ORDER BY id", "ORDER BY created_at"), (status,))
+
+
 def export_public_orders(conn, path, status):  # another table than the one it is given: public.orders
     return _export(conn, path, EXPORT.replace("FROM orders", "FROM public.orders"), (status,))
 
@@ -693,6 +724,9 @@ EXPORT_REJECTS = [
     (export_skips_empty, ["wrote no file", "header line only"]),
     (export_rowcount_after_close, ["returned -1"]),
     (export_refuses_odd_statuses, ["raised ValueError", "no error: your file then holds the header line only"]),
+    (export_fstring_swallowed, ["pasted into the SQL"]),
+    (export_logs_url, ["printed or logged a secret"]),
+    (export_order_by_created_at, ["COPY writes"]),
     (export_public_orders, ["pasted into the SQL|COPY writes"]),
 ]
 
@@ -702,7 +736,8 @@ def test_export_orders_rejects(fn, said):
     _rejects(checks.export_orders, fn, *said)
 
 
-@pytest.mark.parametrize("fn", [export_copy, export_literal, export_named_param, export_server_setting])
+@pytest.mark.parametrize("fn", [export_copy, export_literal, export_named_param, export_server_setting,
+                                export_old_syntax, export_text_mode])
 def test_export_orders_accepts(fn, capsys):
     checks.export_orders(fn)
     assert "Exercise 3 passed" in capsys.readouterr().out
@@ -731,4 +766,14 @@ def test_where_libpq_cannot_be_traced_the_alternatives_still_pass(monkeypatch, c
     monkeypatch.setattr(checks._Wire, "__enter__", lambda self: self)
     checks.load_csv(load_via_temp_table)
     checks.upsert_prices(upsert_validated_in_python)
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+def test_right_answers_pass_while_the_notebook_holds_other_connections(capsys):
+    url = os.environ["DATABASE_URL"]
+    with psycopg.connect(url) as idle, psycopg.connect(url) as busy:
+        busy.execute("SELECT count(*) FROM orders")  # a transaction left open, as a notebook cell may leave it
+        checks.upsert_prices(upsert)
+        checks.export_orders(export_copy)
+        assert idle.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert capsys.readouterr().out.count("passed") == 2
