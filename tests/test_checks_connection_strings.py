@@ -230,6 +230,10 @@ def settings_own_error_type():
         raise ConfigError("DATABASE_URL: missing or empty") from exc
 
 
+def settings_class():
+    return GoodSettings
+
+
 def settings_get():
     return PlainSettings(os.environ.get("DATABASE_URL"))
 
@@ -416,6 +420,7 @@ def test_load_settings_accepts_right_alternatives(right, capsys):
     (settings_default, "unset, load_settings\\(\\) returned SecretDataclass instead of failing"),
     (settings_none_on_error, "returned NoneType instead of failing"),
     (settings_exits, "tried to end the program"),
+    (settings_class, "returned the class GoodSettings"),
     (EmptyAllowed, "set to '', load_settings\\(\\) returned EmptyAllowed instead of failing"),
     (settings_stripped_query, "not that value"),
 ])
@@ -539,6 +544,25 @@ def connect_untagged(url, name):
     return psycopg.connect(url)
 
 
+def connect_in_with_block(url, name):
+    with psycopg.connect(url, application_name=name) as conn:
+        return conn
+
+
+def connect_in_failed_transaction(url, name):
+    conn = psycopg.connect(url, application_name=name)
+    try:
+        conn.execute("SELECT 1/0")
+    except psycopg.errors.DivisionByZero:
+        pass
+    return conn
+
+
+def find_closes_the_connection(conn, name):
+    with conn:
+        return find_session(conn, name)
+
+
 def connect_exits(url, name):
     raise SystemExit(1)
 
@@ -624,6 +648,9 @@ def test_tagged_session_accepts_right_alternatives(functions, capsys):
     ((connect_untagged, find_session), "knows your session as ''"),
     ((connect_from_environment, find_session), "logged in as 'learner', not as the user of the url"),
     ((connect_exits, find_session), "tried to end the program"),
+    ((connect_in_with_block, find_session), "returned a closed connection"),
+    ((connect_in_failed_transaction, find_session), "cannot run a statement: InFailedSqlTransaction"),
+    ((connect_tagged, find_closes_the_connection), "closed the connection it was given"),
     ((connect_tagged, find_fstring), "(?s)raised SyntaxError.*Hint: send the name as a query parameter"),
     ((connect_tagged, find_hand_escaped), "(?s)returned.*Hint: send the name as a query parameter"),
     ((connect_tagged, find_like), "(?s)returned.*Hint: compare application_name with the whole name"),

@@ -348,6 +348,9 @@ def _loaded(fn, env_url: str, secrets: list[str]):
     shown = mask(env_url, passwords)
     settings = _run(2, fn, secrets=secrets, timeout=20,
                    hint="run load_settings() on its own in a cell, with DATABASE_URL set, and read the error")
+    if isinstance(settings, type):
+        raise CheckFailed(f"load_settings() returned the class {settings.__name__}, not settings loaded with it.",
+                          "return an instance: calling the class is what reads the environment")
     if not hasattr(settings, "database_url"):
         raise CheckFailed(f"The settings object ({type(settings).__name__}) has no database_url.",
                           "give your settings class a field named database_url")
@@ -477,6 +480,10 @@ def _judge_find(find_fn, handed: psycopg.Connection, observer: psycopg.Connectio
         raise CheckFailed(f"find_session(conn, {wanted!r}) raised {_short(exc)}",
                           PASTED_HINT if pasted else "run find_session on its own in a cell with a connection and"
                           " this name, and read the error") from None
+    if handed.closed:
+        raise CheckFailed(f"find_session(conn, {wanted!r}) closed the connection it was given.",
+                          "leave the connection open: its caller owns it, and `with conn:` closes it at the end of"
+                          " the block (use `with conn.cursor() as cur:` if you want a block)")
     if got is not None and not isinstance(got, int) or isinstance(got, bool):
         raise CheckFailed(f"find_session(conn, {wanted!r}) returned a {type(got).__name__} ({got!r}), not a pid.",
                           "return the pid itself (an int), or None")
@@ -531,6 +538,10 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
         if not isinstance(conn, psycopg.Connection):
             raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
                               "return the connection that psycopg.connect(...) gives you")
+        if conn.closed:
+            raise CheckFailed(f"connect_tagged(url, {name!r}) returned a closed connection.",
+                              "return the connection open: a `with psycopg.connect(...) as conn:` block closes it"
+                              " when the function returns from inside it")
         with check_connect(url, autocommit=True) as observer:
             row = observer.execute("SELECT application_name, usename FROM pg_stat_activity WHERE pid = %s",
                                    (conn.info.backend_pid,)).fetchone()
@@ -544,6 +555,10 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
             try:  # what a connection pool does between two borrowers
                 conn.execute("RESET ALL")
                 after_reset = _tagged_name(conn, observer)
+            except psycopg.Error as exc:
+                raise CheckFailed(f"The connection connect_tagged(url, {name!r}) returned cannot run a statement:"
+                                  f" {_short(exc)}", "return a connection that is ready to use, outside any failed"
+                                  " transaction") from None
             finally:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
