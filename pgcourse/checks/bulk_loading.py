@@ -125,10 +125,16 @@ class _Wire:
             self._file = tempfile.TemporaryFile()
             self._fd = os.dup(self._file.fileno())
             self.conn.pgconn.trace(self._fd)
-            self.conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            try:
+                self.conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)  # one message per line, as parsed below
+            except Exception:
+                self.conn.pgconn.untrace()
+                raise
             self.available = True
-        except (psycopg.Error, AttributeError, OSError):
+        except Exception:  # noqa: BLE001 - e.g. NotSupportedError where psycopg cannot trace (macOS): judge without
             self.available = False
+            with contextlib.suppress(Exception):
+                self._file.close()
         return self
 
     def __exit__(self, *exc) -> None:
