@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import sys
+import time
 
 import psycopg
 import pytest
@@ -164,6 +165,11 @@ def order_count_retries(pool, customer_id):
     raise RuntimeError("gave up")
 
 
+def order_count_waits_forever(pool, customer_id):
+    conn = pool.getconn(timeout=600)  # never given back: the next callers wait, and wait
+    return conn.execute(QUERY, (customer_id,)).fetchone()[0]
+
+
 def order_count_prints_url(pool, customer_id):
     print("counting with", os.environ["DATABASE_URL"])
     return order_count(pool, customer_id)
@@ -212,13 +218,25 @@ def test_order_counts_rejects_plausible_wrong_answers(wrong, said, other_noteboo
     assert "Hint:" in str(caught.value)
 
 
-def test_order_counts_leaves_no_session_behind():
+def test_order_counts_gives_a_verdict_soon_on_a_function_that_waits_forever():
+    start = time.monotonic()
+    with pytest.raises(CheckFailed, match="did not finish within 15 s"):
+        checks.order_counts(order_count_waits_forever)
+    assert time.monotonic() - start < 35
+
+
+@pytest.mark.parametrize("wrong", [order_count_leaky, order_count_no_finally])
+def test_order_counts_leaves_no_session_behind_and_the_next_run_passes(wrong, capsys):
+    def learner_sessions():
+        with check_connect(autocommit=True) as observer:
+            return {r[0] for r in observer.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE"
+                                                   " 'pgcourse learner 1 %' AND datname = current_database()")}
+    before = learner_sessions()
     with pytest.raises(CheckFailed):
-        checks.order_counts(order_count_leaky)
-    with check_connect(autocommit=True) as observer:
-        left = observer.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
-                                " 'pgcourse learner 1 %' AND state <> 'idle'").fetchone()[0]
-    assert left == 0
+        checks.order_counts(wrong)
+    assert learner_sessions() - before == set()
+    checks.order_counts(order_count)  # the learner fixes the function and runs the check again
+    assert "Exercise 1 passed" in capsys.readouterr().out
 
 
 # --- exercise 2 ----------------------------------------------------------------------------------
@@ -330,6 +348,10 @@ def make_pool_own_check(conninfo):
     return pool
 
 
+def make_pool_opened_by_default(conninfo):
+    return ConnectionPool(conninfo, check=ConnectionPool.check_connection)  # 4 connections, opened at once
+
+
 def make_pool_unchecked(conninfo):
     return ConnectionPool(conninfo, min_size=1, max_size=4, open=True)
 
@@ -374,7 +396,7 @@ def make_pool_new_every_time(conninfo):
     return NewEveryTime(conninfo, min_size=1, open=True)
 
 
-@pytest.mark.parametrize("right", [make_pool, make_pool_own_check])
+@pytest.mark.parametrize("right", [make_pool, make_pool_own_check, make_pool_opened_by_default])
 def test_survivor_accepts_right_answers(right, other_notebook, capsys):
     checks.survivor(right)
     assert "Exercise 3 passed" in capsys.readouterr().out
@@ -397,7 +419,7 @@ def remember(make):
 
 
 @pytest.mark.parametrize("wrong, said", [
-    (make_pool_unchecked, r"round 1 of 3\), use number 1 failed"),
+    (make_pool_unchecked, r"round 1 of 2\), use number 1 failed"),
     (make_pool_short_lifetime, "use number 1 failed"),
     (make_pool_no_idle, "opens a new connection for each use|kept no connection open"),
     (make_pool_new_every_time, "opens a new connection for each use"),
