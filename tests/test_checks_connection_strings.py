@@ -213,6 +213,19 @@ class ValidatedSecret(BaseSettings):  # validated as a URL, and hidden
     database_url: Secret[PostgresDsn]
 
 
+def settings_that_connect():  # a right alternative: tries the URL at start-up
+    settings = GoodSettings()
+    with psycopg.connect(settings.database_url.get_secret_value(), connect_timeout=5) as conn:
+        conn.execute("SELECT 1")
+    return settings
+
+
+def find_own_role_only(conn, name):  # the session may belong to another role
+    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND usename = current_user",
+                       (name,)).fetchone()
+    return row[0] if row else None
+
+
 def settings_explicit():  # a right alternative: read the variable yourself, fail clearly, wrap it
     url = os.environ.get("DATABASE_URL")
     if not url:
@@ -399,7 +412,7 @@ def test_load_settings_passes_the_solution_and_stops_the_stub(capsys):
     no_demo_roles_left()
 
 
-@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret,
+@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret, settings_that_connect,
                                    settings_own_secret_type])
 def test_load_settings_accepts_right_alternatives(right, capsys):
     checks.load_settings(right)
@@ -660,6 +673,7 @@ def test_tagged_session_accepts_right_alternatives(functions, capsys):
     ((connect_tagged, find_own_pid), "(?s)the pid of the connection you were given.*Hint: the connection you are"),
     ((connect_tagged, find_row), "returned a Row|returned a tuple"),
     ((connect_tagged, find_raises), "raised LookupError"),
+    ((connect_tagged, find_own_role_only), "returned None"),
 ])
 def test_tagged_session_rejects_plausible_wrong_answers(functions, said):
     saved = os.environ.get("PGAPPNAME")
