@@ -238,3 +238,12 @@ def test_with_params_keeps_the_url_and_sets_the_parameter():
     url = checks.with_params("postgresql://u:p%40@h:5/db?sslmode=prefer&application_name=old", application_name="a b")
     assert url == "postgresql://u:p%40@h:5/db?sslmode=prefer&application_name=a%20b"
     assert "application_name='a b'" in checks.with_params("host=h dbname=db", application_name="a b")
+
+
+def test_a_verdict_never_shows_the_secret_an_error_message_held():
+    def fn(url):
+        raise ValueError(f"cannot use {url}")
+
+    with pytest.raises(CheckFailed, match="raised ValueError: cannot use") as caught:
+        checks.run(2, fn, SECRET_URL, secrets=checks.secrets_in(SECRET_URL))
+    assert "s3cret-Pa55" not in str(caught.value)

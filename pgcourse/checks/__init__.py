@@ -366,8 +366,9 @@ def describe_call(fn: Callable, args: tuple, kwargs: dict | None = None) -> str:
     return f"{getattr(fn, '__name__', 'your function')}({', '.join(shown)})"
 
 
-def _raised(exercise: int, call_text: str, exc: BaseException, hint: str | None) -> CheckFailed:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+def _raised(exercise: int, call_text: str, exc: BaseException, hint: str | None,
+            secrets: Iterable[str] = ()) -> CheckFailed:
+    first = mask(str(exc).strip().splitlines()[0], secrets) if str(exc).strip() else ""
     if isinstance(exc, SystemExit):  # the check's hint is about its exercise, not about exit()
         return CheckFailed(f"{call_text} tried to end the program (SystemExit({exc.code!r})) instead of returning"
                            " or raising.",
@@ -391,7 +392,7 @@ def _outcome(exercise: int, call_text: str, cap: Captured, secrets: list[str], e
         raise not_done(exercise) from None
     if allowed and isinstance(error, allowed) or isinstance(error, KeyboardInterrupt):
         raise error
-    raise _raised(exercise, call_text, error, hint) from None
+    raise _raised(exercise, call_text, error, hint, secrets) from None
 
 
 def _inject(thread: threading.Thread) -> None:
