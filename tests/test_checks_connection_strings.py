@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
@@ -695,3 +696,42 @@ def test_tagged_session_rejects_plausible_wrong_answers(functions, said):
                 break
             time.sleep(0.1)
         assert left == 0
+
+
+# --- time limits: a hang gets a verdict, never a frozen cell ---------------------------------------
+
+def url_forever(user, password, host, port, dbname):
+    while True:
+        time.sleep(0.05)
+
+
+def settings_forever():
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        conn.execute("SELECT pg_sleep(600)")
+
+
+def find_forever(conn, name):
+    conn.execute("SELECT pg_sleep(600)")
+
+
+@pytest.mark.parametrize("check, functions", [
+    (checks.build_url, (url_forever,)),
+    (checks.load_settings, (settings_forever,)),
+    (checks.tagged_session, (connect_tagged, find_forever)),
+])
+def test_a_function_that_never_returns_gets_a_verdict(check, functions, monkeypatch):
+    monkeypatch.setattr(checks, "CALL_TIME_LIMIT", 2.0)
+    start = time.monotonic()
+    with pytest.raises(CheckFailed, match="did not finish within 2 s") as caught:
+        check(*functions)
+    assert "Hint:" in str(caught.value)
+    assert time.monotonic() - start < 30
+    no_demo_roles_left()
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:  # the sleeping query was cancelled
+        for _ in range(100):
+            sleeping = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'"
+                                    " AND state = 'active' AND datname = current_database()").fetchone()[0]
+            if not sleeping:
+                break
+            time.sleep(0.1)
+        assert sleeping == 0

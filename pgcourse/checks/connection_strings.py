@@ -40,6 +40,8 @@ from . import (
     with_params,
 )
 
+CALL_TIME_LIMIT = 20.0
+"""Seconds one call of the learner's function may take (each is a few milliseconds when right)."""
 HOSTILE_ROLE = "exercise02_hostile"  # the prefix of the demo roles the checks make (a random suffix follows)
 HOSTILE_PASSWORD = "p@ss:w/rd#?%41 &=+'\"ü"
 SECOND_PASSWORD = "new pass/word+%2F\\ 'x'&é=?"
@@ -227,7 +229,7 @@ def _sent_to(stand_in: _StandIn, url: str) -> dict[str, dict | str]:
 
 
 def _built(fn, args: tuple, secrets: list[str]) -> str:
-    built = _run(1, fn, *args, secrets=secrets, timeout=20,
+    built = _run(1, fn, *args, secrets=secrets, timeout=CALL_TIME_LIMIT,
                 hint="run build_url on its own in a cell with these arguments, and read the error")
     if not isinstance(built, str):
         raise CheckFailed(f"build_url returned a {type(built).__name__}, not a str.", "return the URL as a string")
@@ -342,11 +344,11 @@ def _views(settings) -> list[tuple[str, object]]:
     return views
 
 
-def _loaded(fn, env_url: str, secrets: list[str]):
+def _loaded(fn, env_url: str, secrets: list[str], tag: str):
     """Call load_settings() with DATABASE_URL = env_url; judge what it returned."""
     passwords = [s for s in secrets if "://" not in s]
     shown = mask(env_url, passwords)
-    settings = _run(2, fn, secrets=secrets, timeout=20,
+    settings = _run(2, fn, secrets=secrets, timeout=CALL_TIME_LIMIT, tag=tag,
                    hint="run load_settings() on its own in a cell, with DATABASE_URL set, and read the error")
     if isinstance(settings, type):
         raise CheckFailed(f"load_settings() returned the class {settings.__name__}, not settings loaded with it.",
@@ -391,7 +393,7 @@ def _must_fail(fn, value: str | None, secrets: list[str]) -> None:
     else:
         os.environ["DATABASE_URL"] = value
     try:
-        result = _run(2, fn, secrets=secrets, timeout=20, allowed=(Exception,),
+        result = _run(2, fn, secrets=secrets, timeout=CALL_TIME_LIMIT, allowed=(Exception,),
                      hint="raise an exception that names DATABASE_URL; never end the program from a function")
     except NotDone:
         raise
@@ -438,7 +440,7 @@ def load_settings(fn) -> None:
             for env_url in (tagged, second):
                 with learner_env(tag, env_url):
                     os.environ["DATABASE_URL"] = env_url
-                    _loaded(fn, env_url, secrets)
+                    _loaded(fn, env_url, secrets, tag)
         finally:
             with contextlib.suppress(psycopg.Error):
                 admin.execute("SELECT pgcourse.drop_demo_role(%s)", (role,))
@@ -473,7 +475,7 @@ def _judge_find(find_fn, handed: psycopg.Connection, observer: psycopg.Connectio
                 expected: int | None) -> None:
     """Ask find_session for `wanted` on the connection handed to it; the answer must be `expected`."""
     try:
-        got = _run(3, find_fn, handed, wanted, timeout=20, stop_pids=[handed.info.backend_pid], allowed=(psycopg.Error,),
+        got = _run(3, find_fn, handed, wanted, timeout=CALL_TIME_LIMIT, stop_pids=[handed.info.backend_pid], allowed=(psycopg.Error,),
                   hint="run find_session on its own in a cell with a connection and a name, and read the error")
     except psycopg.Error as exc:
         pasted = isinstance(exc, psycopg.errors.SyntaxError)
@@ -534,7 +536,7 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
     decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
     conn = None
     try:
-        conn = _run(3, connect_fn, conn_url, name, timeout=20, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
+        conn = _run(3, connect_fn, conn_url, name, timeout=CALL_TIME_LIMIT, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
         if not isinstance(conn, psycopg.Connection):
             raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
                               "return the connection that psycopg.connect(...) gives you")
