@@ -408,6 +408,13 @@ def transfer_serializable_no_retry(conn, source, target, amount):
             conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (sign * amount, account))
 
 
+def transfer_password_in_error(conn, source, target, amount):  # the error it raises names the password
+    try:
+        transfer(conn, source, target, amount)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (as {conn.info.user}:{conn.info.password})") from None
+
+
 def transfer_exits(conn, source, target, amount):
     try:
         transfer(conn, source, target, amount)
@@ -463,6 +470,8 @@ def test_transfer_accepts_right_alternatives(right, capsys):
     (transfer_serializable_no_retry, "SerializationFailure"),
     (transfer_exits, "tried to end the program"),
     (transfer_prints_url, "printed or logged a secret"),
+    (transfer_password_in_error, r"raised ValueError: refused \(as learner:\*\*\*\*\*\*\*\*\): the error's message"
+                                 " carries a secret"),
 ])
 def test_transfer_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.transfer, wrong, said)

@@ -37,9 +37,11 @@ from . import (
     database_url,
     describe_call,
     learner_env,
+    mask,
     new_tag,
     passed,
     run,
+    secrets_in,
     with_params,
 )
 
@@ -166,7 +168,8 @@ def _has_state(exc: BaseException | None, *sqlstates: str) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """What an error says, in one line, any secret in it masked."""
+    text = mask(str(exc), secrets_in()).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
@@ -182,6 +185,11 @@ def _outcome(exercise: int, fn: Callable, conn: psycopg.Connection, *args, tag: 
         raise
     except Exception as exc:  # noqa: BLE001 - the check judges what was raised
         outcome = ("raised", exc)
+        secrets = secrets_in()
+        if any(secret in str(e) for e in _chain(exc) for secret in secrets):
+            raise CheckFailed(f"{call} raised {_first_line(exc)}: the error's message carries a secret (masked"
+                              " here), and error messages end up in logs.", "never put the URL or the password"
+                              " into an error message; name the host and database, or mask the password") from None
     _connection_state(conn, call, outcome)
     return outcome
 
