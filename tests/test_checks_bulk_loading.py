@@ -239,6 +239,10 @@ def load_drops_the_table(conn, path):  # the check's own queries then fail: a ve
     return 5
 
 
+def load_raises_with_url(conn, path):  # a database error whose message carries the URL
+    raise psycopg.errors.RaiseException(f"could not load with {os.environ['DATABASE_URL']}")
+
+
 def load_hangs(conn, path):
     conn.execute("SELECT pg_sleep(600)")
 
@@ -271,6 +275,7 @@ LOAD_REJECTS = [
     (load_open_transaction, ["transaction still open"]),
     (load_temp_left_behind, ["DuplicateTable", "ON COMMIT DROP"]),
     (load_drops_the_table, ["could not read its tables", "no DROP"]),
+    (load_raises_with_url, ["raised RaiseException: could not load with \\*{8}"]),
     (load_closes_conn, ["closed the connection it was given", "with conn:"]),
 ]
 if TRACED:

@@ -37,7 +37,19 @@ from pathlib import Path
 import psycopg
 from psycopg import pq, sql
 
-from . import CheckFailed, check_connect, database_url, disorder, learner_env, new_tag, passed, run, with_params
+from . import (
+    CheckFailed,
+    check_connect,
+    database_url,
+    disorder,
+    learner_env,
+    mask,
+    new_tag,
+    passed,
+    run,
+    secrets_in,
+    with_params,
+)
 
 SCHEMA = "exercise05"  # also written literally in the SQL below
 TABLES = """
@@ -100,7 +112,7 @@ def _exercise() -> Iterator[_Exercise]:
                 try:
                     yield ex
                 except psycopg.Error as exc:  # the learner's errors are judged where they happen: this is the check's
-                    first = (str(exc).strip().splitlines() or [""])[0]
+                    first = _first_line(exc)
                     raise CheckFailed(f"After your function ran, the check could not read its tables in exercise05"
                                       f" ({type(exc).__name__}: {first}).",
                                       "leave the exercise's tables as they are (no DROP or ALTER); the check builds"
@@ -185,6 +197,11 @@ def _how_values_travelled(wire: _Wire, statements: list[str], pattern: re.Patter
         return CheckFailed(f"The server received {len(statements)} statements that wrote the table, for {rows:,}"
                            f" {what}: one round trip per row, or nearly.", hint_many)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message, any password or URL in it masked."""
+    return mask((str(exc).strip().splitlines() or [""])[0], secrets_in())
 
 
 def _hint(exc: BaseException) -> str:
@@ -289,7 +306,7 @@ def load_csv(fn) -> None:
                 try:
                     returned = ex.call(1, fn, conn, str(path), allowed=(psycopg.Error,))
                 except psycopg.Error as exc:
-                    first = (str(exc).strip().splitlines() or [""])[0]
+                    first = _first_line(exc)
                     raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _load_hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
                 raise left
@@ -462,7 +479,7 @@ def upsert_prices(fn) -> None:
                 try:
                     returned = ex.call(2, fn, conn, str(path), allowed=(psycopg.Error,))
                 except psycopg.Error as exc:
-                    first = (str(exc).strip().splitlines() or [""])[0]
+                    first = _first_line(exc)
                     raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _upsert_hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
                 raise left
@@ -591,7 +608,7 @@ def export_orders(fn) -> None:
             try:
                 returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,), hint=hint)
             except psycopg.Error as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
+                first = _first_line(exc)
                 if status in quoted:
                     raise pasted(f"your function raised {type(exc).__name__}: {first}") from None
                 raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _hint(exc)) from None
