@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -227,6 +228,13 @@ def find_own_role_only(conn, name):  # the session may belong to another role
     return row[0] if row else None
 
 
+def settings_logs_masked():  # a right alternative: logs what it loaded, masked
+    settings = GoodSettings()
+    logging.getLogger("app").info("loaded %s / %r / %s", settings, settings, settings.database_url)
+    print(settings)
+    return settings
+
+
 def settings_explicit():  # a right alternative: read the variable yourself, fail clearly, wrap it
     url = os.environ.get("DATABASE_URL")
     if not url:
@@ -413,7 +421,7 @@ def test_load_settings_passes_the_solution_and_stops_the_stub(capsys):
     no_demo_roles_left()
 
 
-@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret, settings_that_connect,
+@pytest.mark.parametrize("right", [settings_explicit, settings_own_error_type, ValidatedSecret, settings_that_connect, settings_logs_masked,
                                    settings_own_secret_type])
 def test_load_settings_accepts_right_alternatives(right, capsys):
     checks.load_settings(right)
@@ -577,6 +585,11 @@ def find_closes_the_connection(conn, name):
         return find_session(conn, name)
 
 
+def connect_printing_url(url, name):
+    print("connecting to", url)
+    return psycopg.connect(url, application_name=name)
+
+
 def connect_exits(url, name):
     raise SystemExit(1)
 
@@ -662,6 +675,7 @@ def test_tagged_session_accepts_right_alternatives(functions, capsys):
     ((connect_untagged, find_session), "knows your session as ''"),
     ((connect_from_environment, find_session), "logged in as 'learner', not as the user of the url"),
     ((connect_exits, find_session), "tried to end the program"),
+    ((connect_printing_url, find_session), "printed or logged a secret"),
     ((connect_in_with_block, find_session), "returned a closed connection"),
     ((connect_in_failed_transaction, find_session), "cannot run a statement: InFailedSqlTransaction"),
     ((connect_tagged, find_closes_the_connection), "closed the connection it was given"),
@@ -687,8 +701,8 @@ def test_tagged_session_rejects_plausible_wrong_answers(functions, said):
         else:
             os.environ["PGAPPNAME"] = saved
     assert "Hint:" in str(caught.value)
+    gc.collect()  # a connection the learner's code lost (the check never got it) closes when collected
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:  # the check's and the learner's sessions are closed
-        import time
         for _ in range(50):
             left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name ILIKE 'exercise02%'"
                                 " AND datname = current_database()").fetchone()[0]

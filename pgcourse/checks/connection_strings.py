@@ -37,6 +37,7 @@ from . import (
     run,
     run_async,
     secrets_in,
+    stop_sessions,
     with_params,
 )
 
@@ -536,7 +537,12 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
     decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
     conn = None
     try:
-        conn = _run(3, connect_fn, conn_url, name, timeout=CALL_TIME_LIMIT, hint=TAG_HINT, secrets=secrets_in(url) + secrets_in(conn_url))
+        try:
+            conn = _run(3, connect_fn, conn_url, name, timeout=CALL_TIME_LIMIT, hint=TAG_HINT,
+                        secrets=secrets_in(url) + secrets_in(conn_url))
+        except CheckFailed:  # the connection it may have opened (then printed a secret, say) never reached us
+            stop_sessions(name)
+            raise
         if not isinstance(conn, psycopg.Connection):
             raise CheckFailed(f"connect_tagged returned a {type(conn).__name__}, not a psycopg connection.",
                               "return the connection that psycopg.connect(...) gives you")
