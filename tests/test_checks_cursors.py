@@ -469,3 +469,14 @@ def test_keyset_rejects(wrong, says):
     with pytest.raises(CheckFailed, match=says) as caught:
         checks.keyset_page(wrong)
     assert "Hint:" in str(caught.value)
+
+
+def page_hangs(conn, after, size):
+    conn.execute("SELECT pg_sleep(600)")
+
+
+def test_keyset_stops_a_page_that_hangs(monkeypatch):
+    monkeypatch.setattr(checks, "PAGE_TIME_LIMIT", 3)
+    with pytest.raises(CheckFailed, match="did not finish within 3 s") as caught:
+        checks.keyset_page(page_hangs)
+    assert "Hint:" in str(caught.value)
