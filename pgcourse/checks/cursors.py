@@ -306,9 +306,10 @@ def _stream(exercise: int, fn, body: str, transaction_hint: str) -> dict:
     stopped, seen = got["stopped"], got["report"]
     if stopped:
         done = f"it had handed {stopped['rows']:,} of {rows:,} rows to handle()"
-        if stopped["why"] == "pace":
+        if stopped["rows"]:
+            projected = stopped["seconds"] * rows / stopped["rows"]
             raise CheckFailed(f"{call_text} was stopped after {stopped['seconds']:.0f} s: {done}; at that pace it"
-                              f" would take about {stopped['projected'] / 60:.0f} minutes (the check allows"
+                              f" would take about {projected / 60:.0f} minutes (the check allows"
                               f" {STREAM_TIME_LIMIT:.0f} s; a streamed answer takes seconds).",
                               "fetch rows in batches of hundreds or thousands per round trip (itersize, prefetch),"
                               " not one at a time, and do not start a new query for each page")
