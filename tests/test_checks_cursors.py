@@ -213,7 +213,9 @@ def test_stream_accepts(right, capsys):
     (stream_uses_notebook_global, "new Python process"),
     (stream_no_order_by, "id order: the first row had id 1,001"),
     (stream_with_hold, "temporary files"),
-    (stream_one_row_per_trip, "at that pace"),
+    # Stopped early for its pace, or at the time limit on a machine too busy to tell the pace in time:
+    # rejected either way, with the hint about round trips.
+    (stream_one_row_per_trip, "(?s)(at that pace|did not finish within).*one query per small page|round trip"),
     (stream_offset_pages, "pages"),
     (stream_dicts, "handle\\(\\) received dict"),
     (stream_kind_made_up, "differ"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import sys
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -444,7 +444,7 @@ def cheapest_by_hand_indexed(conn, category, limit):
 def dicts_by_hand(conn, category, limit):
     cur = conn.execute(QUERY, (category, limit))
     names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def dicts_by_hand_keys(conn, category, limit):

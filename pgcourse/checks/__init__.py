@@ -280,7 +280,7 @@ def _install() -> None:
              "loggers": {n: (lg.level, lg.handlers[:], lg.propagate) for n, lg in _loggers()},
              "handler": _Handler()}
     sys.stdout, sys.stderr = _Tee(saved["stdout"], "stdout"), _Tee(saved["stderr"], "stderr")
-    for name, lg in _loggers():
+    for _name, lg in _loggers():
         lg.handlers, lg.propagate = [], True
         lg.setLevel(logging.NOTSET)
     root = logging.getLogger()

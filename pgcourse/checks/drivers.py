@@ -27,8 +27,21 @@ from psycopg.rows import dict_row, namedtuple_row, tuple_row
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import (CheckFailed, NotDone, arun, check_connect, database_url, describe_call, disorder, last_query_of,
-               learner_env, new_tag, passed, run, with_params)
+from . import (
+    CheckFailed,
+    NotDone,
+    arun,
+    check_connect,
+    database_url,
+    describe_call,
+    disorder,
+    last_query_of,
+    learner_env,
+    new_tag,
+    passed,
+    run,
+    with_params,
+)
 
 HOSTILE_EMAILS = [
     "' OR '1'='1",
@@ -276,12 +289,16 @@ _STATUSES = {1: ["paid", "paid", "paid", "shipped", "pending", "pending"], 2: ["
 
 
 def _count_data(ids: list[int]) -> list[str]:
-    """SQL statements (the check's own, no input from the learner) that add customers with known orders."""
+    """SQL statements (the check's own, no input from the learner) that add customers with known orders,
+    composed with psycopg.sql so that every driver can run them as they are."""
     c = {i + 1: cid for i, cid in enumerate(ids)}
-    rows = ", ".join(f"({c[k]}, 'Check Customer {k}', 'check.{c[k]}@example.invalid', 'NL', now())" for k in (1, 2))
-    orders = ", ".join(f"({c[k]}, '{s}', now())" for k, statuses in _STATUSES.items() for s in statuses)
-    return [f"INSERT INTO customers (id, name, email, country, created_at) VALUES {rows}",
-            f"INSERT INTO orders (customer_id, status, created_at) VALUES {orders}"]
+    rows = sql.SQL(", ").join(sql.SQL("({}, {}, {}, 'NL', now())").format(
+        sql.Literal(c[k]), sql.Literal(f"Check Customer {k}"), sql.Literal(f"check.{c[k]}@example.invalid"))
+        for k in (1, 2))
+    orders = sql.SQL(", ").join(sql.SQL("({}, {}, now())").format(sql.Literal(c[k]), sql.Literal(s))
+                                for k, statuses in _STATUSES.items() for s in statuses)
+    return [sql.SQL("INSERT INTO customers (id, name, email, country, created_at) VALUES {}").format(rows).as_string(None),
+            sql.SQL("INSERT INTO orders (customer_id, status, created_at) VALUES {}").format(orders).as_string(None)]
 
 
 def _remove_count_data(url: str, ids: list[int]) -> None:
@@ -519,7 +536,7 @@ def cheapest(fn_objects, fn_dicts, product_class) -> None:
                     raise CheckFailed(f"{call_text} returned {dicts!r:.200}{shape}.",
                                       "ask for the row shape you want: conn.cursor(row_factory=dict_row),"
                                       " and return the list")
-                wanted = [dict(zip(FIELDS, r)) for r in expected]
+                wanted = [dict(zip(FIELDS, r, strict=True)) for r in expected]
                 if any(set(d) != set(FIELDS) for d in dicts):
                     raise CheckFailed(f"{call_text} returned dicts with the keys {sorted(set().union(*map(set, dicts)))}"
                                       f"{shape}; expected exactly {FIELDS}.",

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
 from . import (
     CheckFailed,
@@ -663,8 +663,8 @@ def with_retry(fn) -> None:
 # --- exercise 3: place_order_with_note -----------------------------------------------------------
 
 def _limit(admin, n: int) -> None:
-    admin.execute("ALTER TABLE exercise04.notes DROP CONSTRAINT note_length, ADD CONSTRAINT note_length CHECK"
-                  f" (length(note) <= {int(n)})")
+    admin.execute(sql.SQL("ALTER TABLE exercise04.notes DROP CONSTRAINT note_length, ADD CONSTRAINT note_length"
+                          " CHECK (length(note) <= {})").format(sql.Literal(int(n))))
 
 
 def _saved(admin) -> dict:
