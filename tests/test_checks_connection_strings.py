@@ -617,6 +617,19 @@ def connect_exits(url, name):
     raise SystemExit(1)
 
 
+def connect_with_a_probe(url, name):  # "test the URL first", and the probe is never closed
+    probe = psycopg.connect(url)
+    probe.execute("SELECT 1")
+    connect_with_a_probe.kept = probe
+    return psycopg.connect(url, application_name=name)
+
+
+def find_with_a_connection_of_its_own(conn, name):  # opens another connection and keeps it
+    extra = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    find_with_a_connection_of_its_own.kept = extra
+    return find_session(extra, name)
+
+
 def find_fstring(conn, name):
     row = conn.execute(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'").fetchone()
     return row[0] if row else None
@@ -698,6 +711,8 @@ def test_tagged_session_accepts_right_alternatives(functions, capsys):
     ((connect_untagged, find_session), "knows your session as ''"),
     ((connect_from_environment, find_session), "logged in as 'learner', not as the user of the url"),
     ((connect_exits, find_session), "tried to end the program"),
+    ((connect_with_a_probe, find_session), "left 1 other session"),
+    ((connect_tagged, find_with_a_connection_of_its_own), "left 1 other session"),
     ((connect_printing_url, find_session), "printed or logged a secret"),
     ((connect_in_with_block, find_session), "returned a closed connection"),
     ((connect_in_failed_transaction, find_session), "cannot run a statement: InFailedSqlTransaction"),

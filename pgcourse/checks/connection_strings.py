@@ -15,6 +15,7 @@ import secrets as _secrets
 import socket
 import struct
 import threading
+import time
 from contextlib import closing
 from urllib.parse import quote, quote_plus
 
@@ -25,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, make_url
 
 from . import (
+    CHECK_APP,
     CheckFailed,
     NotDone,
     check_connect,
@@ -34,6 +36,7 @@ from . import (
     mask,
     new_tag,
     passed,
+    process_sessions,
     run,
     run_async,
     secrets_in,
@@ -536,6 +539,8 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
     like = name.replace("%", "% more")  # what LIKE with the name as its pattern also matches
     decoys = _decoys(url, [name + " (2)", name[:-3], name.swapcase(), like])
     conn = None
+    with check_connect(url, autocommit=True) as observer:
+        before = {r["pid"] for r in process_sessions(observer) or []}
     try:
         try:
             conn = _run(3, connect_fn, conn_url, name, timeout=CALL_TIME_LIMIT, hint=TAG_HINT,
@@ -585,8 +590,28 @@ def _tagged_round(connect_fn, find_fn, url: str, conn_url: str, user: str, name:
                                          (name.upper(), None), (name[:14], None), (name + " x", None),
                                          ("' OR '1'='1", None)]:
                     _judge_find(find_fn, handed, observer, wanted, expected)
+        conn.close()
+        _judge_left_open(url, before | {d.info.backend_pid for d in decoys}, name)
     finally:
         if isinstance(conn, psycopg.Connection):
             conn.close()
         for decoy in decoys:
             decoy.close()
+
+
+def _judge_left_open(url: str, known: set[int], name: str) -> None:
+    """Sessions the learner's code opened besides the one it returned, still open once that one is closed."""
+    with check_connect(url, autocommit=True) as observer:
+        deadline = time.monotonic() + 3
+        while True:
+            left = [r for r in process_sessions(observer) or [] if r["pid"] not in known
+                    and r["application_name"] != CHECK_APP]
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if left:
+            stop_sessions(pids=[r["pid"] for r in left])
+            raise CheckFailed(f"connect_tagged(url, {name!r}) and find_session left {len(left)} other session(s) open"
+                              " after the check closed the connection it got (the check has now ended them).",
+                              "close every connection your functions open besides the one connect_tagged returns:"
+                              " open them in a `with` block, or do not open them")
