@@ -281,6 +281,20 @@ def count_sqlalchemy_begins(conn, customer_id, status):
         return count_sqlalchemy(conn, customer_id, status)
 
 
+def count_sqlalchemy_driver_sql(conn, customer_id, status):  # psycopg's placeholders through SQLAlchemy, not text()
+    return conn.exec_driver_sql(Q, (customer_id, status)).scalar_one()
+
+
+def count_sqlalchemy_raw_dbapi(conn, customer_id, status):  # the raw psycopg connection under SQLAlchemy
+    return conn.connection.driver_connection.execute(Q, (customer_id, status)).fetchone()[0]
+
+
+def count_sqlalchemy_raw_cursor(conn, customer_id, status):  # a DBAPI cursor of the pooled connection
+    cur = conn.connection.cursor()
+    cur.execute(Q, (customer_id, status))
+    return cur.fetchone()[0]
+
+
 def test_count_orders_passes_the_solution_and_stops_the_stub(capsys):
     asyncio.run(drivers.count_orders(count_psycopg, count_asyncpg, count_sqlalchemy))
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -306,6 +320,9 @@ def test_count_orders_passes_the_solution_and_stops_the_stub(capsys):
     ((count_psycopg, count_asyncpg_logs_url, count_sqlalchemy), "printed or logged a secret"),
     ((count_psycopg_status_escaped, count_asyncpg, count_sqlalchemy), r"received the status \('paid'\) inside"),
     ((count_psycopg, count_asyncpg, count_sqlalchemy_begins), "raised InvalidRequestError.*\n.*do not begin"),
+    ((count_psycopg, count_asyncpg, count_sqlalchemy_driver_sql), r"count_sqlalchemy_driver_sql.*with exec_driver_sql"),
+    ((count_psycopg, count_asyncpg, count_sqlalchemy_raw_dbapi), r"count_sqlalchemy_raw_dbapi.*connection underneath"),
+    ((count_psycopg, count_asyncpg, count_sqlalchemy_raw_cursor), r"count_sqlalchemy_raw_cursor.*connection underneath"),
 ])
 def test_count_orders_rejects_plausible_wrong_answers(functions, said):
     with pytest.raises(CheckFailed, match=said) as caught:
@@ -344,10 +361,6 @@ def count_sqlalchemy_commits(conn, customer_id, status):  # SQLAlchemy habit: co
     return n
 
 
-def count_sqlalchemy_driver_sql(conn, customer_id, status):
-    return conn.exec_driver_sql(Q, (customer_id, status)).scalar_one()
-
-
 def count_psycopg_str_param(conn, customer_id, status):  # the server reads '123' as an integer: still a parameter
     return conn.execute(Q, (str(customer_id), status)).fetchone()[0]
 
@@ -368,7 +381,7 @@ def count_sqlalchemy_core(conn, customer_id, status):
 @pytest.mark.parametrize("functions", [
     (count_psycopg_named, count_asyncpg_fetchrow, count_sqlalchemy_bindparams),
     (count_psycopg, count_asyncpg_cursor, count_sqlalchemy_core),
-    (count_psycopg_str_param, count_asyncpg, count_sqlalchemy_driver_sql),
+    (count_psycopg_str_param, count_asyncpg, count_sqlalchemy),
     (count_psycopg, count_asyncpg_prepared, count_sqlalchemy_commits),
 ])
 def test_count_orders_accepts_right_alternatives(functions, capsys):

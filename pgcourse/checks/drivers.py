@@ -5,7 +5,9 @@ rolls back), and watches what those functions send: each statement's text and pa
 driver passed them on (a recording cursor for psycopg and SQLAlchemy's psycopg connection, the
 query logger for asyncpg), and the text the server received (pg_stat_activity). From that it judges
 that every input value travelled as a parameter, and that no statement sent more rows than the
-answer needs (counting or cutting rows in Python instead of with count(*) or LIMIT).
+answer needs (counting or cutting rows in Python instead of with count(*) or LIMIT). For SQLAlchemy it
+also watches which statements SQLAlchemy itself ran (an event listener on its engine), so that a query sent
+with exec_driver_sql or on the psycopg connection underneath is not taken for one in SQLAlchemy's own style.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import asyncpg
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, namedtuple_row, tuple_row
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import (
@@ -424,6 +426,12 @@ def _count_sqlalchemy(fn, tagged, ids, cases, judge, observer, tag, hint_param, 
     hint = "SQLAlchemy's text() takes :name placeholders and a dict of values"
     engine = create_engine(make_url(tagged).set(drivername="postgresql+psycopg"))
     log = _Log()
+    through: list[tuple[str, bool]] = []  # what went through SQLAlchemy: (statement, by exec_driver_sql)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:
+        through.append((statement, context is None or context.compiled is None))
+
     try:
         with engine.connect() as sa_conn:
             driver_conn = sa_conn.connection.driver_connection
@@ -435,6 +443,7 @@ def _count_sqlalchemy(fn, tagged, ids, cases, judge, observer, tag, hint_param, 
                 for case in cases:
                     call_text = describe_call(fn, (sa_conn, *case))
                     log.clear()
+                    through.clear()
                     savepoint = sa_conn.begin_nested()
                     try:
                         try:
@@ -455,12 +464,34 @@ def _count_sqlalchemy(fn, tagged, ids, cases, judge, observer, tag, hint_param, 
                     judge(fn, case, got, call_text, bool(log.statements))
                     _judge_sent(call_text, {"customer_id": case[0], "status": case[1]}, log, sent, max_rows=1,
                                 hint_param=hint_param + ": :name in text(), values in a dict", hint_rows=hint_rows)
+                    _judge_through_sqlalchemy(call_text, through, log, sent)
             finally:
                 if not sa_conn.closed:
                     with contextlib.suppress(Exception):
                         sa_conn.rollback()
     finally:
         engine.dispose()
+
+
+_SA_HINT = ("let SQLAlchemy run the query: conn.execute(text(...)) with :name placeholders and a dict of values"
+            " (or a Core select()), so that SQLAlchemy's own placeholder style is the one you use")
+
+
+def _judge_through_sqlalchemy(call_text: str, through: list[tuple[str, bool]], log: _Log, server_text: str) -> None:
+    """The learner's statement went through SQLAlchemy's Connection.execute: neither exec_driver_sql (the
+    SQL handed to psycopg as it is, psycopg's placeholders) nor the psycopg connection underneath."""
+    driver_sql = [text for text, raw in through if raw and not _CONTROL.match(text)]
+    if driver_sql:
+        raise CheckFailed(f"{call_text} ran {_show(driver_sql[0], 120)} with exec_driver_sql, which hands the SQL to"
+                          " psycopg as it is, in psycopg's placeholder style rather than SQLAlchemy's.", _SA_HINT)
+    seen = {text for text, _ in through}
+    around = [s.text for s in log.statements if s.text not in seen and not _CONTROL.match(s.text)]
+    if not around and not any(not _CONTROL.match(text) for text, _ in through) and server_text \
+            and not _CONTROL.match(server_text):
+        around = [server_text]
+    if around:
+        raise CheckFailed(f"{call_text} ran {_show(around[0], 120)} on the psycopg connection underneath SQLAlchemy"
+                          " (conn.connection), not through the SQLAlchemy connection it was given.", _SA_HINT)
 
 
 # --- exercise 3 ----------------------------------------------------------------------------------
