@@ -191,8 +191,23 @@ def order_count_exits(pool, customer_id):
     sys.exit("no pool")
 
 
+def order_count_len(pool, customer_id):
+    with pool.connection() as conn:
+        return len(conn.execute("SELECT id FROM orders WHERE customer_id = %s", (customer_id,)).fetchall())
+
+
+def order_count_streams(pool, customer_id):
+    with pool.connection() as conn:
+        return sum(1 for _ in conn.cursor().stream("SELECT id FROM orders WHERE customer_id = %s", (customer_id,)))
+
+
+def order_count_scalar(pool, customer_id):
+    with pool.connection() as conn, conn.cursor(row_factory=psycopg.rows.scalar_row) as cur:
+        return cur.execute("SELECT count(*) FROM orders WHERE customer_id = %s", (customer_id,)).fetchone()
+
+
 @pytest.mark.parametrize("right", [order_count, order_count_finally, order_count_wraps_the_error,
-                                   order_count_except_reraise])
+                                   order_count_except_reraise, order_count_scalar])
 def test_order_counts_accepts_right_answers_while_other_sessions_are_open(right, other_notebook, capsys):
     checks.order_counts(right)
     assert "Exercise 1 passed" in capsys.readouterr().out
@@ -221,6 +236,8 @@ def test_order_counts_stops_the_stub():
     (order_count_retries, r"returned \d+ instead of raising"),
     (order_count_prints_url, "printed or logged a secret"),
     (order_count_exits, "tried to end the program"),
+    (order_count_len, "sent \\d+ rows to Python to count them"),
+    (order_count_streams, "sent \\d+ rows to Python to count them"),
 ])
 def test_order_counts_rejects_plausible_wrong_answers(wrong, said, other_notebook):
     if wrong is order_count_cached:
@@ -424,8 +441,20 @@ def make_pool_new_every_time(conninfo):
     return NewEveryTime(conninfo, min_size=1, open=True)
 
 
+def make_pool_leaky_probe(conninfo):
+    probe = psycopg.connect(conninfo)  # "test the URL first", and never closed
+    make_pool_leaky_probe.keep = probe
+    return make_pool(conninfo)
+
+
+def make_pool_closed_probe(conninfo):
+    with psycopg.connect(conninfo) as probe:
+        probe.execute("SELECT 1")
+    return make_pool(conninfo)
+
+
 @pytest.mark.parametrize("right", [make_pool, make_pool_own_check, make_pool_opened_by_default,
-                                   make_pool_says_where])
+                                   make_pool_says_where, make_pool_closed_probe])
 def test_survivor_accepts_right_answers(right, other_notebook, capsys):
     checks.survivor(right)
     assert "Exercise 3 passed" in capsys.readouterr().out
@@ -456,6 +485,7 @@ def remember(make):
     (make_pool_environment, "not opened with the conninfo"),
     (make_pool_prints, "printed or logged a secret"),
     (make_pool_async, "not a psycopg_pool.ConnectionPool"),
+    (make_pool_leaky_probe, "1 session.s. opened with the conninfo stayed open after the pool was closed"),
 ])
 def test_survivor_rejects_plausible_wrong_answers_and_closes_their_pool(wrong, said):
     made.clear()

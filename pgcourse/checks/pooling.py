@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql as _sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -36,6 +37,7 @@ from . import (
     run_async,
     secrets_in,
     sessions_of,
+    stop_sessions,
     wait_for_sessions_to_end,
     with_params,
 )
@@ -107,7 +109,8 @@ def order_counts(fn) -> None:
     """Exercise 1: fn(pool, customer_id) -> int. Called 60 times from 8 threads on a pool of 3 (customers
     with many, few and no orders); then once while the check reads the query the server received (the
     id must travel as a parameter); then with its query cancelled: the error must reach the caller, and
-    every connection must be back in the pool. Only the pool's sessions may be used."""
+    every connection must be back in the pool. Only the pool's sessions may be used, and no statement may send
+    more than one row to Python (the pool's connections record it in their cursor class): the server counts."""
     with _quiet_pool_log():
         _order_counts(fn)
 
@@ -169,18 +172,71 @@ def _order_counts(fn) -> None:
     pool_pids: list[int] = []  # appended by the pool's workers as they configure each connection
     with check_connect(url, autocommit=True) as observer:
         truth = _truth(observer)
+    fetched: list[tuple[str, object, int]] = []  # (text, params, rows) of each statement that sent rows to Python
+    cursor_class = _counting_cursor(fetched)
+
+    def configure(conn):
+        conn.cursor_factory = cursor_class
+        pool_pids.append(conn.info.backend_pid)
+
     pool = ConnectionPool(with_params(url, application_name=tag), min_size=LEAK_POOL_MAX, max_size=LEAK_POOL_MAX,
-                          timeout=POOL_TIMEOUT, open=False, configure=lambda conn: pool_pids.append(conn.info.backend_pid))
+                          timeout=POOL_TIMEOUT, open=False, configure=configure)
     with learner_env(tag), check_connect(url, autocommit=True) as observer:
         try:
             pool.open(wait=True)
-            _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer)
+            _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer, fetched)
         finally:
             pool.close()
             _end_sessions(tag)
     passed(1, f"{len(truth)} calls from 8 threads with the right counts, the id sent as a parameter,"
               f" {FAILING_CALLS} cancelled queries raised to the caller, every connection back in a pool of"
               f" {LEAK_POOL_MAX}, no session of its own.")
+
+
+def _counting_cursor(fetched: list) -> type[psycopg.Cursor]:
+    """A psycopg cursor class (server-side binding, like the default) that notes how many rows each statement
+    sent to Python."""
+
+    class CountingCursor(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            result = super().execute(query, params, **kwargs)
+            with contextlib.suppress(Exception):
+                if self.pgresult is not None and self.pgresult.ntuples > 1:
+                    fetched.append((_text_of(query, self), params, self.pgresult.ntuples))
+            return result
+
+        def stream(self, query, params=None, **kwargs):
+            rows = 0
+            try:
+                for row in super().stream(query, params, **kwargs):
+                    rows += 1
+                    yield row
+            finally:
+                if rows > 1:
+                    fetched.append((_text_of(query, self), params, rows))
+
+    return CountingCursor
+
+
+def _text_of(query, cur) -> str:
+    if isinstance(query, _sql.Composable):
+        with contextlib.suppress(Exception):
+            return query.as_string(cur)
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query).decode("utf-8", "replace")
+    return str(query)
+
+
+def _judge_fetched(fetched: list) -> None:
+    """No statement sent more than one row to Python: the count is the server's to make."""
+    if fetched:
+        text, params, rows = max(list(fetched), key=lambda f: f[2])
+        shown = " ".join(text.split())
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        raise CheckFailed(f"Your function sent {rows} rows to Python to count them: the server ran {shown!r} with"
+                          f" {params!r} and returned every row ({len(fetched)} such statement(s) in all).",
+                          "let the server count: a query whose result is one row holding the number, so that"
+                          " only that number travels to Python")
 
 
 def _dry(after: str) -> CheckFailed:
@@ -190,7 +246,7 @@ def _dry(after: str) -> CheckFailed:
                        " the block ends (or put putconn in a finally)")
 
 
-def _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer) -> None:
+def _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer, fetched) -> None:
     # 1. many customers, from 8 threads at once
     watcher = _Watcher(url, tag)
     results, failed = {}, threading.Event()
@@ -229,6 +285,7 @@ def _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer) -> Non
                           f" order(s) ({len(wrong)} of {len(truth)} calls were wrong).",
                           "count that customer's orders in the database on every call; a customer with no"
                           " orders (or no such customer) has 0")
+    _judge_fetched(fetched)
     if len(set(list(pool_pids))) > LEAK_POOL_MAX:
         raise CheckFailed(f"The pool had to open {len(set(list(pool_pids))) - LEAK_POOL_MAX} new connection(s): your"
                           " function gave connections back closed or broken.",
@@ -256,6 +313,7 @@ def _order_counts_against(fn, pool, pool_pids, truth, tag, url, observer) -> Non
     if value != truth[PARAMETER_PROBE]:
         raise CheckFailed(f"order_count(pool, {PARAMETER_PROBE}) returned {value!r}; that customer has"
                           f" {truth[PARAMETER_PROBE]} orders.", "count that customer's orders in the database")
+    _judge_fetched(fetched)
 
     # 3. a failing query: the error reaches the caller, and the connection comes back
     def cancel(session):
@@ -383,7 +441,8 @@ def pool_size(fn) -> None:
 
 def survivor(fn) -> None:
     """Exercise 3: fn(conninfo) -> an open ConnectionPool on that conninfo that keeps (reuses) its
-    connections and keeps working after the server ends its sessions, twice."""
+    connections and keeps working after the server ends its sessions, twice; then a second pool from fn, used
+    once and closed, must leave no session of the conninfo behind (a probe connection never closed)."""
     with _quiet_pool_log():
         _survivor(fn)
 
@@ -431,7 +490,9 @@ def _survivor(fn) -> None:
         return made[-1]
 
     make_pool.__name__ = getattr(fn, "__name__", "make_pool")
-    try:
+    tags = [tag]
+
+    def made_pool(tag, conninfo):
         pool = run(3, make_pool, conninfo, tag=tag, timeout=30,
                    secrets=sorted(set(secrets_in(url)) | set(secrets_in(conninfo))))
         if not isinstance(pool, ConnectionPool):
@@ -440,11 +501,29 @@ def _survivor(fn) -> None:
         if pool.closed:
             raise CheckFailed("make_pool returned a pool that is not open: its first user would get PoolClosed.",
                               "return the pool ready to use: open=True, or call its open() before returning it")
-        _survivor_against(pool, tag, marker)
+        return pool
+
+    try:
+        _survivor_against(made_pool(tag, conninfo), tag, marker)
+        # the cuts above ended every session under the tag: make a fresh pool to see what closing it leaves behind
+        tags.append(leak_tag := new_tag(3))
+        leak_conninfo = make_conninfo(url, application_name=leak_tag, options=f"-c pgcourse.check={marker}")
+        pool = made_pool(leak_tag, leak_conninfo)
+        _use(pool, "Use 1 of a second pool make_pool returned", FIRST_USE_HINT)
+        _close(pool)
+        with check_connect(autocommit=True) as admin:
+            left = wait_for_sessions_to_end(admin, leak_tag, 5)
+        if left:
+            stop_sessions(leak_tag)
+            raise CheckFailed(f"The check called make_pool again, used the pool once and closed it: {len(left)}"
+                              " session(s) opened with the conninfo stayed open after the pool was closed.",
+                              "close whatever make_pool opens besides the pool (or don't open it): once the pool"
+                              " is closed, nothing of it should stay connected")
     finally:
         for pool in made:
             _close(pool)
-        _end_sessions(tag)
+        for t in tags:
+            _end_sessions(t)
     passed(3, "the pool reused its connections; the server ended every session it held, twice, and every use"
               " after that worked.")
 
