@@ -395,6 +395,18 @@ def transfer_nowait(conn, source, target, amount):  # fails instead of waiting f
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
 
 
+def transfer_short_lock_timeout(conn, source, target, amount):  # gives up when another transfer holds a row
+    _validate(source, target, amount)
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '50ms'")
+        balances = dict(conn.execute("SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                     ([source, target],)).fetchall())
+        if len(balances) != 2 or balances[source] < amount:
+            raise ValueError("refused")
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+
+
 def transfer_serializable_no_retry(conn, source, target, amount):
     _validate(source, target, amount)
     with conn.transaction():
@@ -468,6 +480,7 @@ def test_transfer_accepts_right_alternatives(right, capsys):
     (transfer_closes_conn, "closed the connection"),
     (transfer_nowait, "LockNotAvailable"),
     (transfer_serializable_no_retry, "SerializationFailure"),
+    (transfer_short_lock_timeout, "(?s)balance covered failed under contention.*LockNotAvailable"),
     (transfer_exits, "tried to end the program"),
     (transfer_prints_url, "printed or logged a secret"),
     (transfer_password_in_error, r"raised ValueError: refused \(as learner:\*\*\*\*\*\*\*\*\): the error's message"
@@ -619,6 +632,18 @@ def retry_everything(conn, work, attempts):
 
 def retry_every_exception(conn, work, attempts):
     _loop(conn, work, attempts, Exception)
+
+
+def retry_operational_error(conn, work, attempts):  # too broad: lock timeouts, cancelled queries are retried too
+    for i in range(attempts):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                return work(conn)
+        except psycopg.OperationalError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.005 * 2**i)
 
 
 def retry_by_message(conn, work, attempts):
@@ -785,6 +810,7 @@ def test_with_retry_accepts_right_alternatives(right, capsys):
     (retry_gives_up_with_plain_error, "serialization failure itself was lost"),
     (retry_wraps_other_errors, "raised RuntimeError: work failed instead"),
     (retry_manual_no_rollback, "failed transaction|InFailedSqlTransaction"),
+    (retry_operational_error, "(?s)lock timeout .*55P03.* 4 times.*OperationalError"),
 ])
 def test_with_retry_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.with_retry, wrong, said)
@@ -850,6 +876,32 @@ def order_manual_savepoint(conn, customer, items, note):  # right: SAVEPOINT by 
     except BaseException:
         conn.rollback()
         raise
+
+
+def order_max_id(conn, customer, items, note):  # the highest id, not the one its INSERT got
+    with conn.transaction():
+        conn.execute("INSERT INTO orders (customer) VALUES (%s)", (customer,))
+        order_id = conn.execute("SELECT max(id) FROM orders").fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+        except psycopg.errors.CheckViolation:
+            pass
+    return order_id
+
+
+def order_note_after_commit(conn, customer, items, note):  # the order commits first, the note on its own after
+    with conn.transaction():
+        order_id = conn.execute("INSERT INTO orders (customer) VALUES (%s) RETURNING id", (customer,)).fetchone()[0]
+        for product, quantity in items:
+            conn.execute("INSERT INTO order_items VALUES (%s, %s, %s)", (order_id, product, quantity))
+    try:
+        conn.execute("INSERT INTO notes VALUES (%s, %s)", (order_id, note))
+    except psycopg.errors.CheckViolation:
+        pass
+    return order_id
 
 
 def order_no_savepoint(conn, customer, items, note):
@@ -1012,6 +1064,8 @@ def test_place_order_with_note_accepts_right_alternatives(right, capsys):
     (order_pasted_note, "wrote the value Don't open before the 24th! into the text"),
     (order_pasted_quantity, "wrote the value 17 into the text"),
     (order_left_open, "still inside a failed transaction"),
+    (order_max_id, "returned 9001, the highest id in orders"),
+    (order_note_after_commit, "note in another transaction"),
 ])
 def test_place_order_with_note_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.place_order_with_note, wrong, said)

@@ -10,7 +10,12 @@ whose search_path points there, tagged with an application_name of their own. It
 - gates: the check holds a row lock from its own session, starts transfers one after another, lets
   each run until it waits for a lock, then lets go; so a race (check-then-act, a lost update, locks
   taken in opposite orders) happens every time, not only on a lucky run. A deadlock is seen as the
-  server sees it: two of the learner's sessions each blocking the other (pg_blocking_pids);
+  server sees it: two of the learner's sessions each blocking the other (pg_blocking_pids). The lock is
+  held a while (LINGER) after they all wait, so a transfer that gives up waiting (a short lock_timeout)
+  fails every time; every transfer the balance covers must go through;
+- for the order, a trigger logs the top-level transaction (txid_current()) that wrote each order and
+  note: the note must be written in its order's transaction; an order with a higher id exists already,
+  so the highest id is not the new order's;
 - for the retry, real server errors raised inside the learner's transaction (RAISE ... USING
   ERRCODE), and the time between attempts against a retry loop without waits run in the same check.
 """
@@ -65,9 +70,19 @@ INSERT INTO exercise04.accounts VALUES (4105, 12345678901234567.89);
 INSERT INTO exercise04.counter VALUES (1, 0);
 CREATE FUNCTION exercise04.fail(code text, message text) RETURNS void LANGUAGE plpgsql AS
   $$ BEGIN RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message; END $$;
+CREATE TABLE exercise04.written (tbl text NOT NULL, order_id int NOT NULL, xact bigint NOT NULL);
+CREATE FUNCTION exercise04.log_write() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO exercise04.written VALUES (TG_TABLE_NAME, (to_jsonb(NEW) ->> TG_ARGV[0])::int,
+                                                  txid_current()); RETURN NULL; END $$;
+CREATE TRIGGER written AFTER INSERT ON exercise04.orders FOR EACH ROW EXECUTE FUNCTION exercise04.log_write('id');
+CREATE TRIGGER written AFTER INSERT ON exercise04.notes FOR EACH ROW EXECUTE FUNCTION exercise04.log_write('order_id');
 """
 PARAM_HINT = ("pass every value as a parameter: conn.execute(\"... WHERE id = %s\", (source,)); the SQL text"
               " stays the same whatever the values")
+CONTENTION_HINT = ("a transfer the balance covers must go through even while another transaction holds one of its"
+                   " rows: let it wait for the lock (no NOWAIT, no short lock_timeout or statement_timeout; or, under"
+                   " SERIALIZABLE, retry it on a serialization failure), then read the balances and decide")
+LINGER = 0.4  # seconds the gate's holder keeps its lock once every transfer waits: longer than a 'short' lock_timeout
 IDLE_HINT = ("open the transaction with `with conn.transaction():`, which commits when the block ends and rolls"
              " back when it raises, so the connection is never left inside a transaction")
 
@@ -352,6 +367,7 @@ class _Gate:
                     if row and row[0] == "Lock":
                         break
                     time.sleep(0.01)
+            time.sleep(LINGER)
             early = _balances(admin)  # while the transfers wait: nothing of theirs is committed yet
             holder.rollback()
             deadline = time.monotonic() + 45
@@ -382,6 +398,15 @@ class _Gate:
         return results, deadlock, _balances(admin)
 
 
+def _contended(situation: str, results) -> None:
+    """A verdict when a transfer the balance covered raised (results: those of covered transfers)."""
+    raised = [r[1] for r in results if r and r[0] == "raised"]
+    raised.sort(key=lambda e: not any(isinstance(x, psycopg.Error) for x in _chain(e)))  # the server's error first
+    if raised:
+        raise CheckFailed(f"{situation} A transfer that the balance covered failed under contention with"
+                          f" {_first_line(raised[0])}.", CONTENTION_HINT)
+
+
 def _gates(fn, tables: _Tables) -> None:
     def show(results, calls) -> str:
         return "; ".join(f"{s} -> {t} ({a}) " + ("went through" if r[0] == "returned" else f"raised {_first_line(r[1])}")
@@ -399,11 +424,8 @@ def _gates(fn, tables: _Tables) -> None:
         raise CheckFailed("Two transfers in opposite directions (4102 -> 4101, then 4101 -> 4102), started while"
                           f" another transaction held account 4102: {deadlock_msg}.", deadlock_hint)
     balances = f"balances after: 4101: {after[4101]}, 4102: {after[4102]} (expected 98.89 and 101.11)"
-    if any(r[0] == "raised" for r in results):
-        raise CheckFailed("Two transfers in opposite directions, started while another transaction held account"
-                          f" 4102: {show(results, calls)}; {balances}.", "let a transfer wait for a lock another"
-                          " transaction holds (no NOWAIT, no short lock_timeout, no SERIALIZABLE without a retry),"
-                          " then read the balances and decide")
+    _contended("Two transfers in opposite directions, started while another transaction held account"
+               f" 4102: {show(results, calls)}; {balances}.", results)
     if (after[4101], after[4102]) != (Decimal("98.89"), Decimal("101.11")):
         raise CheckFailed("Two transfers in opposite directions, started while another transaction held account"
                           f" 4102, both went through, but an update was lost: {balances}.",
@@ -425,17 +447,20 @@ def _gates(fn, tables: _Tables) -> None:
                           "lock the source row (SELECT ... FOR UPDATE) before you read and check its balance, so"
                           " that the second transfer reads the balance the first one left")
     if not any(went):
-        raise CheckFailed("Two transfers of 60 from account 4101 (balance 100), started while another transaction"
-                          f" held that account: {show(results, calls)}. The first should go through.",
-                          "let a transfer wait for a lock another transaction holds (no NOWAIT, no short"
-                          " lock_timeout, no SERIALIZABLE without a retry), then read the balance and decide")
+        situation = ("Two transfers of 60 from account 4101 (balance 100), started while another transaction held"
+                     f" that account: {show(results, calls)}. The first should go through.")
+        _contended(situation, results)
+        raise CheckFailed(situation, CONTENTION_HINT)
 
     calls = [(4101, 4102, Decimal("10.37")), (4103, 4102, Decimal("20.41"))]
     results, deadlock, after = _Gate(fn, tables, hold=4102)(calls)
     if deadlock:
         raise CheckFailed(f"Two transfers into account 4102, started while another transaction held it: {deadlock_msg}.",
                           deadlock_hint)
-    if any(r[0] == "raised" for r in results) or after[4102] != Decimal("130.78"):
+    _contended("Two transfers into account 4102 (4101 -> 4102 of 10.37, 4103 -> 4102 of 20.41), started while"
+               f" another transaction held account 4102: {show(results, calls)}; 4102 ended at {after[4102]}.",
+               results)
+    if after[4102] != Decimal("130.78"):
         raise CheckFailed("Two transfers into account 4102 (4101 -> 4102 of 10.37, 4103 -> 4102 of 20.41), started"
                           f" while another transaction held account 4102: {show(results, calls)}; 4102 ended at"
                           f" {after[4102]}, not 130.78.",
@@ -465,6 +490,10 @@ def _bursts(fn, tables: _Tables) -> None:
                 raise CheckFailed(f"Eight simultaneous transfers of {amount} from account 4101 to 4102 died in a"
                                   " deadlock (40P01).", "lock both accounts in the same order every time, e.g."
                                   " SELECT ... WHERE id = ANY(...) ORDER BY id FOR UPDATE")
+            went = [r for r in results if r[0] == "returned"]
+            if amount == 10 or not went:  # 8 x 10 are all covered; of 8 x 60, one is
+                _contended(f"Eight simultaneous transfers of {amount} from account 4101 (balance 100) to 4102:"
+                           f" {len(went)} went through, {len(raised)} raised.", results)
             expected = {4101: Decimal(40), 4102: Decimal(160)} if amount == 60 else {4101: Decimal(20),
                                                                                     4102: Decimal(180)}
             if {k: got[k] for k in expected} != expected:
@@ -631,6 +660,9 @@ def with_retry(fn) -> None:
             ("a ZeroDivisionError in Python", None, ZeroDivisionError("division by zero"), ZeroDivisionError),
             ("a RuntimeError saying 'could not serialize the report'", None,
              RuntimeError("could not serialize the report to JSON"), RuntimeError),
+            ("a lock timeout (LockNotAvailable, SQLSTATE 55P03)",
+             "SELECT exercise04.fail('55P03', 'lock timeout forced by the check')", None,
+             psycopg.errors.LockNotAvailable),
         ]
         for what_bug, statement, python, kind in bugs:
             work, calls = _counting(statement, python)
@@ -640,8 +672,11 @@ def with_retry(fn) -> None:
                                   " the error was swallowed.", "catch only psycopg.errors.SerializationFailure; let"
                                   " every other error propagate")
             if len(calls) != 1:
+                broad = (" psycopg.OperationalError is the parent of SerializationFailure, but also of lock"
+                         " timeouts (55P03), cancelled queries (57014) and the like, which a retry loop must not"
+                         " swallow." if isinstance(what, psycopg.OperationalError) else "")
                 raise CheckFailed(f"{name}(conn, work, 4) ran work that fails with {what_bug} {_times(len(calls))};"
-                                  " retrying cannot fix it.", "retry only serialization failures (catch"
+                                  f" retrying cannot fix it.{broad}", "retry only serialization failures (catch"
                                   " psycopg.errors.SerializationFailure, or test exc.sqlstate == '40001'; not the"
                                   " message text); let other errors propagate at once")
             if not any(isinstance(e, kind) for e in _chain(what)):
@@ -677,6 +712,9 @@ def _saved(admin) -> dict:
     }
 
 
+EARLIER = 9001  # an order already saved, with an id above those the sequence hands out
+
+
 def place_order_with_note(fn) -> None:
     """Exercise 3: fn(conn, customer, items, note) -> order id; a note the table refuses drops the note
     only (a savepoint), an invalid item saves nothing and raises."""
@@ -685,12 +723,16 @@ def place_order_with_note(fn) -> None:
                  " outside that inner block")
     with _exercise_tables(3) as tables:
         admin, conn = tables.admin, tables.connect()
+        admin.execute("INSERT INTO exercise04.orders (id, customer) OVERRIDING SYSTEM VALUE VALUES (%s, %s)",
+                      (EARLIER, "an order saved before"))
 
         def order(customer, items, note, limit):
             _limit(admin, limit)
             before = _saved(admin)
             how, what = _outcome(3, fn, conn, customer, items, note, tag=tables.tag)
             return before, how, what, _saved(admin), describe_call(fn, (conn, customer, items, note))
+
+        split: list[CheckFailed] = []  # judged after the invalid orders, whose verdict says more about autocommit
 
         def new_order(before, after, how, what, call, customer, items, why, note_refused=False):
             """The one order this call saved: (its id, the notes saved for it)."""
@@ -708,6 +750,11 @@ def place_order_with_note(fn) -> None:
                 raise CheckFailed(f"{call} ({why}) saved {len(added)} orders, not one.",
                                   "insert the order once, in one transaction with its items")
             order_id, saved_customer = added[0]
+            if not isinstance(what, bool) and what == EARLIER:
+                raise CheckFailed(f"{call} returned {what!r}, the highest id in orders (an order the check saved"
+                                  f" earlier), not the id of the order it saved ({order_id}).",
+                                  "take the id from the INSERT itself (INSERT ... RETURNING id): the highest id"
+                                  " belongs to another order as soon as anyone else inserts one")
             if isinstance(what, bool) or what != order_id:
                 raise CheckFailed(f"{call} returned {what!r}; the order it saved has id {order_id}.",
                                   "return the id the server gave the order: INSERT ... RETURNING id")
@@ -719,6 +766,15 @@ def place_order_with_note(fn) -> None:
             if saved_customer != customer or items_saved != sorted(items):
                 raise CheckFailed(f"{call} saved the order as customer {saved_customer!r} with items {items_saved}.",
                                   "insert the values exactly as given, as parameters")
+            xacts = admin.execute("SELECT DISTINCT tbl, xact FROM exercise04.written WHERE order_id = %s",
+                                  (order_id,)).fetchall()
+            if any(o == order_id for o, _ in after["notes"]) and len({x for _, x in xacts}) > 1:
+                split.append(CheckFailed(
+                    f"{call} ({why}) committed the order in one transaction and wrote its note in another"
+                    " transaction, after it: for a moment other sessions saw the order without its note, and a"
+                    " failure in between would lose the note.",
+                    "insert the note inside the order's `with conn.transaction():` block, in a nested transaction"
+                    " block (a savepoint), so that order and note commit together"))
             return order_id, [n for o, n in after["notes"] if o == order_id]
 
         customer, items, note = "Ada O'Neil", [("kettle 1.7l", 17), ('mug "Grande"', 23)], "Don't open before the 24th!"
@@ -766,6 +822,8 @@ def place_order_with_note(fn) -> None:
                 raise CheckFailed(f"{call} ({why}) saved nothing but returned {what!r} without raising: the caller"
                                   " cannot tell the order was refused.", "catch only the note's error, inside the"
                                   " order's transaction; let an item's error propagate")
+        if split:
+            raise split[0]
         _no_pasted_values(tables, name, {
             "Ada O'Neil": "Ada O'Neil", "kettle 1.7l": "kettle 1.7l", 'mug "Grande"': 'mug "Grande"',
             "Don't open before the 24th!": "Don't open before the 24th!", "Grace": "Grace",
