@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import random
 import re
@@ -131,6 +132,7 @@ class _Wire:
 
     def __init__(self, conn: psycopg.Connection):
         self.conn, self.available, self.sent = conn, False, []
+        self.rows_received = 0  # DataRow messages: rows of query results sent to Python (COPY data is not rows)
 
     def __enter__(self) -> _Wire:
         try:
@@ -159,6 +161,8 @@ class _Wire:
             parts = line.split("\t", 3)
             if len(parts) == 4 and parts[0] == "F":  # libpq writes a byte it cannot print as \xNN: a space here
                 self.sent.append((parts[2], re.sub(r"\\x[0-9a-fA-F]{2}", " ", parts[3])))
+            elif len(parts) >= 3 and parts[0] == "B" and parts[2] == "DataRow":
+                self.rows_received += 1
         self._file.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
@@ -405,8 +409,13 @@ def _price_files() -> list[tuple[str, list[tuple[str, str, str, bool]]]]:
     second += [(f"P{i:04d}", f"item {i}, \"quoted\"", price(), True) for i in range(201, 211)]
     second += [("P0060", "item 60 (last line wins)", "60.60", True)]
 
-    third = [("P0070", "item 70", "free", False), ("", "", "", False), ("P0301", "item 301", "-0.01", False)]
+    third = [("P0070", "item 70", "free", False), ("", "", "", False), ("P0301", "item 301", "-0.01", False),
+             (QUOTED_EMPTY, "a quoted empty sku", "3.00", False), ("P0302", QUOTED_EMPTY, "3.00", False)]
     return [("prices-1.csv", first), ("prices-2.csv", second), ("prices-3.csv", third)]
+
+
+QUOTED_EMPTY = "@@quoted-empty@@"
+"""Written to the file as `""`: COPY reads it as an empty string, not NULL, so `IS NOT NULL` does not catch it."""
 
 
 def _expected(lines: list[tuple[str, str, str, bool]]) -> tuple[dict[str, tuple[str, Decimal]], list[int]]:
@@ -468,10 +477,11 @@ def upsert_prices(fn) -> None:
         totals = [0, 0]
         for name, lines in _price_files():
             path = ex.workdir / name
-            with path.open("w", newline="", encoding="utf-8") as out:
-                writer = csv.writer(out)
-                writer.writerow(("sku", "name", "price"))
-                writer.writerows(line[:3] for line in lines)
+            text = io.StringIO(newline="")
+            writer = csv.writer(text)
+            writer.writerow(("sku", "name", "price"))
+            writer.writerows(line[:3] for line in lines)
+            path.write_text(text.getvalue().replace(QUOTED_EMPTY, '""'), encoding="utf-8", newline="")
             final, rejected = _expected(lines)
             _reset_prices(admin)
             call_text = f"{getattr(fn, '__name__', 'your function')}(conn, {str(path)!r})"
@@ -605,13 +615,19 @@ def export_orders(fn) -> None:
                     " standard_conforming_strings is off, a backslash escapes a quote)")
             hint = ("any text is a status to look for, and a status no order has is no error: your file then holds"
                     " the header line only, and you return 0") if status in quoted or rows == 0 else None
-            try:
-                returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,), hint=hint)
-            except psycopg.Error as exc:
-                first = _first_line(exc)
-                if status in quoted:
-                    raise pasted(f"your function raised {type(exc).__name__}: {first}") from None
-                raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _hint(exc)) from None
+            with _Wire(conn) as wire:
+                try:
+                    returned = ex.call(3, fn, conn, str(path), status, allowed=(psycopg.Error,), hint=hint)
+                except psycopg.Error as exc:
+                    first = _first_line(exc)
+                    if status in quoted:
+                        raise pasted(f"your function raised {type(exc).__name__}: {first}") from None
+                    raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _hint(exc)) from None
+            if wire.rows_received > rows + 10:
+                raise CheckFailed(f"{call_text} had the server send {wire.rows_received:,} rows to Python for a file"
+                                  f" of {rows:,} order(s): the rows were chosen (or written) in Python.",
+                                  "let the server choose and format the rows: COPY (SELECT ... WHERE status = ..."
+                                  " ORDER BY id) TO STDOUT, and write the blocks it yields")
             if left := _learner_left_transaction(conn, call_text):
                 raise left
             if not path.exists():
