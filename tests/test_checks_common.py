@@ -247,3 +247,15 @@ def test_a_verdict_never_shows_the_secret_an_error_message_held():
     with pytest.raises(CheckFailed, match="raised ValueError: cannot use") as caught:
         checks.run(2, fn, SECRET_URL, secrets=checks.secrets_in(SECRET_URL))
     assert "s3cret-Pa55" not in str(caught.value)
+
+
+def test_trace_sees_values_pasted_into_sql_and_not_parameters():
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        trace = checks.Trace(conn)
+        conn.execute("SELECT %s::int", (424242,))
+        conn.execute("SELECT 737373")
+        sent = trace.statements()
+        if not trace.text and sys.platform != "linux":
+            pytest.skip("psycopg traces libpq only on Linux")
+        assert "SELECT $1::int" in sent and "SELECT 737373" in sent
+        assert not any("424242" in s for s in sent)

@@ -26,8 +26,10 @@ import inspect
 import io
 import logging
 import os
+import re
 import secrets as _secrets
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -522,6 +524,44 @@ def run_async(coro):
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+# --- what a connection sent -----------------------------------------------------------------------
+
+class Trace:
+    """The statements a psycopg connection sends, read from a libpq trace. libpq traces where psycopg
+    lets it (Linux); elsewhere `on` is False and `statements()` is empty: judge by the server's evidence.
+    Call `stop()` (or `statements()`, which stops) before closing the connection."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn, self.file, self.text = conn, tempfile.TemporaryFile(), ""
+        try:
+            conn.pgconn.trace(self.file.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+            self.on = True
+        except Exception:  # noqa: BLE001 - no tracing on this platform: the check does without it
+            self.on = False
+
+    def stop(self) -> None:
+        if self.on:
+            if not self.conn.closed:
+                with contextlib.suppress(Exception):
+                    self.conn.pgconn.untrace()
+            self.on = False
+            self.file.seek(0)
+            self.text = self.file.read().decode("utf-8", "replace")
+        self.file.close()
+
+    def statements(self) -> list[str]:
+        """Stop tracing; the SQL texts sent (Parse and simple Query messages)."""
+        self.stop()
+        found = []
+        for kind, body in re.findall(r"^F\t\S+\t(Parse|Query)\t(.*?)(?=^[FB]\t|\Z)", self.text, re.M | re.S):
+            body = body.rstrip("\n")
+            m = (re.match(r'\s*"[^"]*" "(.*)" \d+(?: \S+)*\s*$', body, re.S) if kind == "Parse"
+                 else re.match(r'\s*"(.*)"\s*$', body, re.S))
+            found.append(m.group(1) if m else body)
+        return found
 
 
 # --- order ---------------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg import pq
 
 from . import (
     CheckFailed,
+    Trace,
     check_connect,
     database_url,
     learner_env,
@@ -430,36 +430,6 @@ PAGE_TIME_LIMIT = 30.0
 NOT_SQL = ("FETCH", "MOVE", "CLOSE", "BEGIN", "COMMIT", "ROLLBACK", "START", "SAVEPOINT", "RELEASE")
 
 
-class _Trace:
-    """The statements a connection sends, read from a libpq trace (where libpq can trace)."""
-
-    def __init__(self, conn: psycopg.Connection):
-        self.conn, self.file = conn, tempfile.TemporaryFile()
-        try:
-            conn.pgconn.trace(self.file.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            self.on = True
-        except Exception:  # noqa: BLE001 - no tracing on this platform: the check does without it
-            self.on = False
-
-    def statements(self) -> list[str]:
-        """Stop tracing; the SQL texts sent (Parse and simple Query messages)."""
-        text = ""
-        if self.on:
-            with contextlib.suppress(Exception):
-                self.conn.pgconn.untrace()
-            self.file.seek(0)
-            text = self.file.read().decode("utf-8", "replace")
-        self.file.close()
-        found = []
-        for kind, body in re.findall(r"^F\t\S+\t(Parse|Query)\t(.*?)(?=^[FB]\t|\Z)", text, re.M | re.S):
-            body = body.rstrip("\n")
-            m = (re.match(r'\s*"[^"]*" "(.*)" \d+(?: \S+)*\s*$', body, re.S) if kind == "Parse"
-                 else re.match(r'\s*"(.*)"\s*$', body, re.S))
-            found.append(m.group(1) if m else body)
-        return found
-
-
 def _pasted(statements: list[str], after, size: int) -> tuple[str, str] | None:
     """(what, statement) for the first input value written into an SQL statement's text, else None."""
     numbers = {str(size): f"the page size {size}"} if size >= 2 else {}
@@ -485,7 +455,7 @@ class _Pager:
         self.fn, self.conn, self.admin, self.tag, self.secrets = fn, conn, admin, tag, secrets
 
     def page(self, after, size: int) -> list[tuple]:
-        trace = _Trace(self.conn)
+        trace = Trace(self.conn)
         try:
             got = run(2, self.fn, self.conn, after, size, timeout=PAGE_TIME_LIMIT, tag=self.tag,
                       stop_pids=[self.conn.info.backend_pid], secrets=self.secrets)

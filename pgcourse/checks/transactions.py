@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from psycopg import pq, sql
 from . import (
     CheckFailed,
     NotDone,
+    Trace,
     check_connect,
     database_url,
     describe_call,
@@ -89,38 +89,6 @@ IDLE_HINT = ("open the transaction with `with conn.transaction():`, which commit
 
 # --- the learner's connections: tagged, traced ---------------------------------------------------
 
-class _Trace:
-    """The statements a connection sends, read from a libpq trace (where libpq can trace: Linux)."""
-
-    def __init__(self, conn: psycopg.Connection):
-        self.conn, self.file, self.text = conn, tempfile.TemporaryFile(), ""
-        try:
-            conn.pgconn.trace(self.file.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            self.on = True
-        except Exception:  # noqa: BLE001 - no tracing on this platform: the check does without it
-            self.on = False
-
-    def stop(self) -> None:
-        if self.on and not self.conn.closed:
-            with contextlib.suppress(Exception):
-                self.conn.pgconn.untrace()
-        if self.on:
-            self.on = False
-            self.file.seek(0)
-            self.text = self.file.read().decode("utf-8", "replace")
-        self.file.close()
-
-    def statements(self) -> list[str]:
-        """The SQL texts sent (Parse and simple Query messages)."""
-        found = []
-        for kind, body in re.findall(r"^F\t\S+\t(Parse|Query)\t(.*?)(?=^[FB]\t|\Z)", self.text, re.M | re.S):
-            body = body.rstrip("\n")
-            m = (re.match(r'\s*"[^"]*" "(.*)" \d+(?: \S+)*\s*$', body, re.S) if kind == "Parse"
-                 else re.match(r'\s*"(.*)"\s*$', body, re.S))
-            found.append(m.group(1) if m else body)
-        return found
-
 
 class _Tables:
     """The exercise's tables, and the connections handed to the learner (tagged and traced)."""
@@ -128,13 +96,13 @@ class _Tables:
     def __init__(self, admin: psycopg.Connection, url: str, exercise: int):
         self.admin, self.url, self.tag = admin, url, new_tag(exercise)
         self.opened: list[psycopg.Connection] = []
-        self.traces: list[_Trace] = []
+        self.traces: list[Trace] = []
 
     def connect(self) -> psycopg.Connection:
         conn = psycopg.connect(with_params(self.url, application_name=self.tag,
                                            options=f"-c search_path={SCHEMA}"), autocommit=True)
         self.opened.append(conn)
-        self.traces.append(_Trace(conn))
+        self.traces.append(Trace(conn))
         return conn
 
     def statements(self) -> list[str]:
