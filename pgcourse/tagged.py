@@ -13,22 +13,22 @@ import time
 import pandas as pd
 
 ACTIVITY = """
-SELECT application_name AS session, state, query,
+SELECT application_name AS session, pid, state, query,
        extract(epoch FROM state_change - query_start)::float8 AS ran_s
   FROM pg_stat_activity
  WHERE datname = current_database() AND left(application_name, length(%(tag)s)) = %(tag)s
- ORDER BY application_name, pid"""
+ ORDER BY application_name, query, pid"""  # by content first: the same order every run
 
 
 async def tagged_sessions(observer, tag: str) -> pd.DataFrame:
-    """The sessions whose application_name starts with `tag`: session, state, last query, ran_s.
+    """The sessions whose application_name starts with `tag`: session, pid, state, last query, ran_s.
 
     `ran_s` is how long the last query ran (from its start to the session's last change of state),
     so for a session that is no longer active it is the time the server spent on that query.
     """
     cursor = await observer.execute(ACTIVITY, {"tag": tag})
     rows = await cursor.fetchall()
-    return pd.DataFrame(rows, columns=["session", "state", "query", "ran_s"])
+    return pd.DataFrame(rows, columns=["session", "pid", "state", "query", "ran_s"])
 
 
 async def until_settled(observer, tag: str, *, timeout: float = 10.0, interval: float = 0.02) -> pd.DataFrame:
@@ -42,10 +42,12 @@ async def until_settled(observer, tag: str, *, timeout: float = 10.0, interval: 
 
 
 def readable(sessions: pd.DataFrame) -> pd.DataFrame:
-    """The view with `ran_s` as a duration the sanitize file knows (`ran`), one line per session."""
+    """The view for a notebook: no pid, and `ran_s` as a duration the sanitize file knows (`ran`), or
+    'still running' for an active session, one line per session."""
     from .bench import duration
 
-    shown = sessions.drop(columns="ran_s")
-    shown["ran"] = sessions["ran_s"].map(lambda s: duration(s) if pd.notna(s) else "")
+    shown = sessions.drop(columns=["ran_s", "pid"])
+    shown["ran"] = [("still running" if state == "active" else duration(s) if pd.notna(s) else "")
+                    for state, s in zip(sessions["state"], sessions["ran_s"], strict=True)]
     shown["query"] = shown["query"].map(lambda q: " ".join(str(q).split()))
     return shown.set_index("session")

@@ -66,3 +66,14 @@ def test_until_settled_gives_up_after_its_timeout(checks_database):
             await worker.close()
 
     assert list(asyncio.run(scenario())["state"]) == ["active"]
+
+
+def test_readable_hides_pids_and_says_still_running():
+    import pandas as pd
+
+    view = pd.DataFrame([["a 1", 101, "active", "SELECT pg_sleep($1)", 0.0],
+                         ["a 2", 102, "idle", "SELECT\n  1", 0.0123],
+                         ["a 3", 103, "idle", "", None]], columns=["session", "pid", "state", "query", "ran_s"])
+    shown = readable(view)
+    assert "pid" not in shown.columns
+    assert list(shown["ran"]) == ["still running", "12.3 ms", ""] and shown.loc["a 2", "query"] == "SELECT 1"
