@@ -87,6 +87,11 @@ REPORT_SQL = ("SELECT count(DISTINCT o.id)::int, coalesce(sum(i.quantity * i.uni
               " FROM orders o LEFT JOIN order_items i ON i.order_id = o.id WHERE o.customer_id = %s")
 
 
+def _describe(fn, args: tuple) -> str:
+    """The call as the learner would write it; a pool is `pool`, whatever its driver."""
+    return describe_call(fn, args).replace("(asyncconnectionpool,", "(pool,")
+
+
 @contextlib.contextmanager
 def _quiet_driver_logs() -> Iterator[None]:
     """psycopg warns when it cleans up after a cancelled query; the check reports what matters itself."""
@@ -131,7 +136,7 @@ class _Task:
     def __init__(self, exercise: int, fn, *args):
         self.exercise, self.fn, self.args = exercise, fn, args
         self.secrets = secrets_in()
-        self.call_text = mask(describe_call(fn, args), self.secrets)
+        self.call_text = mask(_describe(fn, args), self.secrets)
 
     async def __aenter__(self) -> _Task:
         self._cap = captured()
@@ -195,6 +200,9 @@ class _Lookup:
 
     def __call__(self, conn, customer_id: int):
         return self._lookup(conn, customer_id)
+
+    def __repr__(self) -> str:
+        return "lookup"
 
     async def _lookup(self, conn, customer_id):
         if not isinstance(conn, asyncpg.pool.PoolConnectionProxy) or conn.get_server_pid() not in self.pool_pids:
@@ -281,9 +289,20 @@ async def _pool_settled(pool: asyncpg.Pool, call_text: str, after: str) -> None:
     assert ok == [1] * POOL_SIZE
 
 
-async def _fan_out(fn, pool, lookup, ids, limit, deadline, timeout=TIME_LIMIT, allowed=()):
-    return await arun(1, fn, pool, lookup, ids, limit, deadline, timeout=timeout, allowed=allowed,
-                      hint="run your function on its own in a cell with the same arguments, and read the error")
+async def _fan_out(fn, pool, lookup, ids, limit, deadline, timeout=None, allowed=()):
+    call_text = describe_call(fn, (pool, lookup, ids, limit, deadline))
+    try:
+        return await arun(1, fn, pool, lookup, ids, limit, deadline, timeout=timeout or TIME_LIMIT,
+                          allowed=(*allowed, asyncpg.InterfaceError),
+                          hint="run your function on its own in a cell with the same arguments, and read the error")
+    except asyncpg.InterfaceError as exc:
+        _judge_misuse(lookup, call_text)
+        raise CheckFailed(f"{call_text} raised InterfaceError: {exc}.",
+                          "a connection runs one query at a time: give every lookup a connection of its own"
+                          " (async with pool.acquire() as conn: inside the task)") from None
+    except BaseException:
+        _judge_misuse(lookup, call_text)
+        raise
 
 
 def _judge_misuse(lookup: _Lookup, call_text: str) -> None:
@@ -302,7 +321,7 @@ async def _lookup_all(fn, pool, pool_pids, observer, tag) -> None:
     cases[1] = (repeated, 5)
     for ids, limit in cases:
         lookup = _Lookup(pool_pids)
-        call_text = describe_call(fn, (pool, lookup, ids, limit, 10.0)).replace("_Lookup", "lookup")
+        call_text = describe_call(fn, (pool, lookup, ids, limit, 10.0))
         start = time.perf_counter()
         got = await _fan_out(fn, pool, lookup, ids, limit, 10.0)
         took = time.perf_counter() - start
@@ -329,8 +348,10 @@ async def _lookup_all(fn, pool, pool_pids, observer, tag) -> None:
         rounds = math.ceil(len(truth) / limit)
         allowed = rounds * LOOKUP_SECONDS * SLACK[0] + SLACK[1]
         if ids and took > allowed:
-            raise CheckFailed(f"{call_text} took {took:.2f} s for {len(truth)} lookups of {LOOKUP_SECONDS:g} s each;"
-                              f" {limit} at a time they take {rounds * LOOKUP_SECONDS:.2f} s (allowed: {allowed:.2f} s).",
+            how = "they ran one after another" if lookup.peak <= 1 else f"at most {lookup.peak} ran at once"
+            raise CheckFailed(f"{call_text} took {took:.2f} s for {len(truth)} lookups of {LOOKUP_SECONDS:g} s each:"
+                              f" {how}; {limit} at a time they take {rounds * LOOKUP_SECONDS:.2f} s (allowed:"
+                              f" {allowed:.2f} s).",
                               LIMIT_HINT if lookup.peak > 1 else "start the lookups together (TaskGroup or gather),"
                               " not one after another in a loop; the semaphore is what limits them")
         if len(truth) >= limit and lookup.peak < limit:
@@ -345,7 +366,7 @@ async def _deadline(fn, pool, pool_pids, observer, tag, ids) -> None:
     limit, deadline = 3, 1.2
     ordered = list(ids)  # the hanging id comes last: a deadline per lookup would end it too late
     lookup = _Lookup(pool_pids, hang=frozenset({ordered[-1]}))
-    call_text = describe_call(fn, (pool, lookup, ordered, limit, deadline)).replace("_Lookup", "lookup")
+    call_text = describe_call(fn, (pool, lookup, ordered, limit, deadline))
     start = time.perf_counter()
     try:
         got = await _fan_out(fn, pool, lookup, ordered, limit, deadline, timeout=deadline + 10, allowed=(Exception,))
@@ -410,7 +431,7 @@ async def _run_report(fn, pool, observer, tag, url) -> None:
                             " customer_id LIMIT 10").fetchall()
     customers = [r[0] for r in random.sample(busy, 2)] + [-random.randint(1, 10**6)]
     for cid in customers:
-        call_text = describe_call(fn, (pool, cid))
+        call_text = _describe(fn, (pool, cid))
         got = await arun(2, fn, pool, cid, timeout=TIME_LIMIT, tag=tag,
                          hint="run your function on its own in a cell, and read the error")
         expected = _report_truth(observer, cid)
@@ -455,7 +476,12 @@ def _orders_locked(url: str) -> Iterator[psycopg.Connection]:
     """Hold an exclusive lock on orders (the check's own session) until the block ends."""
     with check_connect(url) as locker:
         locker.execute("SET lock_timeout = '5s'")
-        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        try:
+            locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        except psycopg.errors.LockNotAvailable:
+            raise CheckFailed("The check could not lock `orders` within 5 s: another session holds a lock on it.",
+                              "end the open transaction that touches orders (another notebook?), then run the"
+                              " check again") from None
         try:
             yield locker
         finally:
@@ -489,8 +515,8 @@ async def _cancelled_while_waiting(fn, pool, observer, tag, url, cid, again: boo
             stopped = await _until(lambda: not _running(observer, tag), 1.0)
         kind, value = run.outcome()
         if not stopped:
-            raise CheckFailed(f"{call_text} ended when {how}, but its query went on running on the server"
-                              " (its connection was closed, the server never got the cancel request).", CLEANUP_HINT)
+            raise CheckFailed(f"{call_text} ended when {how}, but its query went on running on the server: the"
+                              " cancellation never reached it.", CLEANUP_HINT)
     if kind != "cancelled":
         what = f"returned {value!r}" if kind == "returned" else f"raised {type(value).__name__}"
         raise CheckFailed(f"{call_text} {what} when {how}; the CancelledError must reach the caller.",
@@ -540,6 +566,9 @@ class _Legacy:
         self.calls: Counter[int] = Counter()
         self.active = self.peak = 0
 
+    def __repr__(self) -> str:
+        return "legacy_total"
+
     def __call__(self, customer_id: int) -> Decimal:
         with self.lock:
             self.calls[customer_id] += 1
@@ -584,7 +613,7 @@ async def _legacy_totals(fn, observer, tagged) -> None:
     repeated = ids[:3] + ids[:2]
     for case in (ids, repeated, []):
         legacy = _Legacy(tagged)
-        call_text = describe_call(fn, (legacy, case)).replace("_Legacy", "legacy_total")
+        call_text = describe_call(fn, (legacy, case))
         stalls: list[float] = []
         stop = asyncio.Event()
         ticker = asyncio.ensure_future(_ticker(stalls, stop))
