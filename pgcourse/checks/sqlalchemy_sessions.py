@@ -116,7 +116,7 @@ class _Row(_Base):
 
 
 ROUNDS = 3
-KINDS = ["ok", "error", "db_error", "commit_error", "abandoned", "ctx_ok", "ctx_error", "pair"]
+KINDS = ["ok", "error", "db_error", "abandoned", "commit_error", "ctx_ok", "ctx_error", "pair"]
 PERSISTS = {"ok", "ctx_ok"}
 TOLD = {
     "ok": "a request that succeeded (your generator resumed with next(gen))",
@@ -510,6 +510,10 @@ def _totals_verdict(result, answer, size, log, country, since) -> None:
     call = f"order_totals(session, {country!r}, {since.date().isoformat()})"
     customers, orders = len(answer), sum(len(a[2]) for a in answer)
     statements, rows = len(log), sum(entry[1] for entry in log)
+    if not log:
+        raise CheckFailed(f"{call} ran no statement through the session it was given: its answer came from"
+                          " somewhere else (a connection of its own, or a cache).",
+                          "query through the `session` argument, on every call")
     got = _normalised(result) if isinstance(result, (list, tuple)) else None
     if got is None:
         raise CheckFailed(f"{call} returned {type(result).__name__}, not a list of (customer id, name, [(order id,"
@@ -526,12 +530,6 @@ def _totals_verdict(result, answer, size, log, country, since) -> None:
                           "customers of that country who signed up at or after `since`, ordered by id, each with"
                           " their orders by id and each order's total (sum of quantity * unit_price, a Decimal);"
                           " a customer without orders has an empty list")
-    if statements > STATEMENTS_ALLOWED:
-        raise CheckFailed(f"{call} ran {statements} statements for {customers} customers and {orders} orders: the"
-                          " orders of each customer and the items of each order were loaded one lazy load at a"
-                          f" time (N+1). At most {STATEMENTS_ALLOWED} statements are allowed, whatever the number of"
-                          " customers.", "tell the query to load Customer.orders and Order.items with the customers"
-                          " (a loader option such as selectinload or joinedload), or compute the totals in SQL")
     limit = ROWS_MARGIN[0] * size + ROWS_MARGIN[1]
     if rows > limit:
         biggest = max(log, key=lambda e: e[1])
@@ -540,6 +538,11 @@ def _totals_verdict(result, answer, size, log, country, since) -> None:
                           f" ({' '.join(biggest[0].split())[:120]!r}). Loading a whole table and filtering in Python"
                           " moves every row over the wire.", "filter in SQL (WHERE on country and created_at) and"
                           " let the loader options fetch only the orders and items of the customers found")
+    if statements > STATEMENTS_ALLOWED:
+        raise CheckFailed(f"{call} ran {statements} statements for {customers} customers and {orders} orders: a"
+                          " relationship read in a loop runs one lazy load per object it is read on (N+1). At most"
+                          f" {STATEMENTS_ALLOWED} statements are allowed, whatever the number of customers.", "tell the query to load Customer.orders and Order.items with the customers"
+                          " (a loader option such as selectinload or joinedload), or compute the totals in SQL")
 
 
 def order_totals(fn) -> None:
@@ -624,15 +627,17 @@ class _Retry:
         if failing and self.failure == "40P01":
             session.execute(text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected (forced by the check)'"
                                  " USING ERRCODE = '40P01'; END $$"))
-        if self.failure == "commit":
+        if self.failure == "commit":  # write skew: the check's transaction commits first, so our COMMIT fails
+            session.execute(text("UPDATE exercise08.counter SET value = :v WHERE id = 1"), {"v": value + 100})
             session.execute(text("SELECT count(*) FROM exercise08.oncall WHERE on_call"))
-        if failing and self.failure == "commit":  # write skew: the check's transaction commits first
-            self.admin.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            self.admin.execute(_sql.SQL("SELECT count(*) FROM {} WHERE on_call").format(self.table("oncall")))
-            session.execute(text("UPDATE exercise08.oncall SET on_call = NOT on_call WHERE doctor = 'a'"))
-            self.admin.execute(_sql.SQL("UPDATE {} SET on_call = NOT on_call WHERE doctor = 'b'").format(
-                self.table("oncall")))
-            self.admin.execute("COMMIT")
+            if failing:
+                self.admin.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                self.admin.execute(_sql.SQL("SELECT count(*) FROM {} WHERE on_call").format(self.table("oncall")))
+                session.execute(text("UPDATE exercise08.oncall SET on_call = NOT on_call WHERE doctor = 'a'"))
+                self.admin.execute(_sql.SQL("UPDATE {} SET on_call = NOT on_call WHERE doctor = 'b'").format(
+                    self.table("oncall")))
+                self.admin.execute("COMMIT")
+            return value + 100  # no statement after the check's commit: the failure comes at COMMIT
         if failing and self.failure == "23505":
             session.execute(text("INSERT INTO exercise08.counter VALUES (1, 0)"))
         if failing and self.failure == "55P03":
@@ -669,30 +674,34 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
     if outcome[0] == "runaway":
         raise CheckFailed(f"{call}, with {sc.name}, ran the work {calls} times before the check stopped it.",
                           "count the attempts, and stop at `attempts` (the first try included)")
+    if any(getattr(s, "bind", None) is not engine for s in sc.sessions):
+        raise CheckFailed(f"{call}, with {sc.name}, handed the work a session that SessionLocal did not make (an"
+                          " engine of its own?): its transactions do not run the way the application's engine says.",
+                          "make every session with the SessionLocal you are given")
     if len({id(s) for s in sc.sessions}) < calls:
         raise CheckFailed(f"{call}, with {sc.name}, ran the work twice in the same Session.",
                           "make a new session with SessionLocal() for each attempt, so that nothing of a failed"
                           " attempt (its objects, its transaction) is carried into the next")
+    if retryable and sc.fails < sc.attempts and outcome[0] == "raised":
+        states = _sqlstates(outcome[1])
+        raise CheckFailed(f"{call}, with {sc.name}, raised {_first_line(outcome[1])} after {calls} call(s) of the"
+                          " work" + (f" (SQLSTATE {states[0]})" if states else "") + ".",
+                          "SQLAlchemy wraps the driver's error: catch sqlalchemy.exc.DBAPIError (or"
+                          " OperationalError) and retry when exc.orig.sqlstate is '40001' or '40P01', also when"
+                          " the commit raises it")
     if engine.pool.checkedout():
         raise CheckFailed(f"{call}, with {sc.name}, left a connection checked out of the pool (a session not"
                           " closed).", "open each attempt's session with `with`, so it closes however it ends")
     if retryable and sc.fails < sc.attempts:
-        if outcome[0] == "raised":
-            states = _sqlstates(outcome[1])
-            raise CheckFailed(f"{call}, with {sc.name}, raised {_first_line(outcome[1])} after {calls} call(s) of the"
-                              " work" + (f" (SQLSTATE {states[0]})" if states else "") + ".",
-                              "SQLAlchemy wraps the driver's error: catch sqlalchemy.exc.DBAPIError (or"
-                              " OperationalError) and retry when exc.orig.sqlstate is '40001' or '40P01', also when"
-                              " the commit raises it")
         if calls != expected_calls:
             raise CheckFailed(f"{call}, with {sc.name}, ran the work {calls} times; {expected_calls} were needed.",
                               "run the work again only after a retryable failure")
-        if outcome[1] != after:
-            raise CheckFailed(f"{call}, with {sc.name}, returned {outcome[1]!r}, not what the successful work"
-                              f" returned ({after!r}).", "return what work(session) returned")
         if after != before + 100 + (sc.fails if sc.failure == "40001" else 0):
             raise CheckFailed(f"{call}, with {sc.name}, returned, but the work's write was not committed.",
                               "commit the session after the work (or use `with SessionLocal.begin() as session:`)")
+        if outcome[1] != after:
+            raise CheckFailed(f"{call}, with {sc.name}, returned {outcome[1]!r}, not what the successful work"
+                              f" returned ({after!r}).", "return what work(session) returned")
         return
     if sc.failure == "none":
         if outcome[0] == "raised":
