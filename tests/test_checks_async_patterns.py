@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 
+import psycopg
 import pytest
 
 from pgcourse.checks import CheckFailed, NotDone, check_connect
@@ -380,6 +382,11 @@ async def report_awaits_the_task_unprotected(pool, customer_id):  # a second can
         raise
 
 
+async def report_own_connection(pool, customer_id):  # right numbers, but not through the pool
+    async with await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"]) as conn:
+        return await _query(conn, customer_id)
+
+
 async def report_float_total(pool, customer_id):
     async with pool.connection() as conn:
         orders, total = await _query(conn, customer_id)
@@ -403,6 +410,7 @@ def test_run_report_passes_the_solution_and_stops_the_stub(capsys):
     (report_wraps_the_cancel, r"raised RuntimeError when cancelled"),
     (report_shields_the_query, r"still running 3 s after|query went on running"),
     (report_never_cancels_the_inner_task, r"query went on running on the server"),
+    (report_own_connection, r"on a connection of its own, not one from the pool"),
     (report_float_total, r"returned \(\d+, [\d.]+\); expected"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_run_report_rejects_plausible_wrong_answers(wrong, said):

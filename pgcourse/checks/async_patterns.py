@@ -182,7 +182,7 @@ def _not_done_or(exc: BaseException, call_text: str, hint: str) -> CheckFailed:
     if isinstance(exc, SystemExit):
         return CheckFailed(f"{call_text} tried to end the program (SystemExit) instead of returning or raising.",
                            "never call sys.exit() or exit() in a function")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = mask(str(exc).strip().splitlines()[0], secrets_in()) if str(exc).strip() else ""
     return CheckFailed(f"{call_text} raised {type(exc).__name__}" + (f": {first}" if first else "."), hint)
 
 
@@ -409,7 +409,13 @@ async def run_report(fn) -> None:
     url = database_url()
     tag = new_tag(2)
     with _quiet_driver_logs(), check_connect(url, autocommit=True) as observer, learner_env(tag, url) as tagged:
-        pool = AsyncConnectionPool(tagged, min_size=2, max_size=2, open=False, timeout=5)
+        pool_pids: set[int] = set()
+
+        async def note(conn) -> None:
+            pool_pids.add(conn.info.backend_pid)
+
+        pool = AsyncConnectionPool(tagged, min_size=2, max_size=2, open=False, timeout=5, configure=note)
+        pool.pids = pool_pids  # the server processes of every connection the pool opened
         try:
             await pool.open(wait=True, timeout=10)
             await _run_report(fn, pool, observer, tag, url)
@@ -493,14 +499,23 @@ async def _cancelled_while_waiting(fn, pool, observer, tag, url, cid, again: boo
     with _orders_locked(url):
         async with _Task(2, fn, pool, cid) as run:
             call_text = run.call_text
-            waiting = await _until(lambda: any(r["wait_event_type"] == "Lock" for r in _running(observer, tag)), 10.0)
-            if not waiting:
+            waiting = []
+
+            def query_waits() -> bool:
+                waiting[:] = [r["pid"] for r in _running(observer, tag) if r["wait_event_type"] == "Lock"]
+                return bool(waiting)
+
+            if not await _until(query_waits, 10.0):
                 await run.abandon()
                 outcome = run.outcome() if run.task.done() else ("running", None)
                 if outcome[0] == "raised":
                     raise _not_done_or(outcome[1], call_text, "run your function on its own, and read the error")
                 raise CheckFailed(f"{call_text} never queried orders through the pool it was given.",
                                   "query with a connection from the pool: async with pool.connection() as conn:")
+            if not set(waiting) <= pool.pids:
+                await run.abandon()
+                raise CheckFailed(f"{call_text} queried orders on a connection of its own, not one from the pool.",
+                                  "use the pool you are given: async with pool.connection() as conn:")
             cancels = 0
             start = time.monotonic()
             while not run.task.done() and (cancels == 0 or again) and time.monotonic() - start < CANCEL_GRACE:
