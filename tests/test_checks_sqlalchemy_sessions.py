@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker, subqueryload
+from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload, sessionmaker, subqueryload
 
 from pgcourse.checks import CheckFailed, NotDone, check_connect
 from pgcourse.checks import sqlalchemy_sessions as checks
@@ -203,6 +203,12 @@ def get_session_yields_the_maker(SessionLocal):
     yield SessionLocal
 
 
+async def get_session_async(SessionLocal):
+    with SessionLocal() as session:
+        yield session
+        session.commit()
+
+
 def get_session_prints_url(SessionLocal):
     print("session on", os.environ["DATABASE_URL"])
     yield from get_session(SessionLocal)
@@ -235,6 +241,7 @@ def test_session_dependency_stops_the_stub():
     (get_session_replaces_the_error, "raised RuntimeError: the request failed instead of the request's own error"),
     (get_session_swallows_commit_errors, "the commit failed .* did not reach the caller"),
     (get_session_yields_the_maker, "yielded sessionmaker, not a Session"),
+    (get_session_async, "is an `async def` function"),
     (get_session_prints_url, "printed or logged a secret"),
 ])
 def test_session_dependency_rejects(wrong, said):
@@ -286,6 +293,14 @@ def totals_in_sql(session, country, since):
     return report
 
 
+def totals_contains_eager(session, country, since):
+    stmt = (select(Customer).outerjoin(Customer.orders).outerjoin(Order.items)
+            .where(Customer.country == country, Customer.created_at >= since)
+            .order_by(Customer.id, Order.id, OrderItem.line_no)
+            .options(contains_eager(Customer.orders).contains_eager(Order.items)))
+    return _report(session.scalars(stmt).unique())
+
+
 def totals_lazy(session, country, since):
     return _report(session.scalars(_found(country, since)))
 
@@ -297,6 +312,14 @@ def totals_half_fixed(session, country, since):
 def totals_every_item(session, country, since):
     by_order: dict = {}
     for item in session.scalars(select(OrderItem)):
+        by_order[item.order_id] = by_order.get(item.order_id, 0) + item.quantity * item.unit_price
+    customers = session.scalars(_found(country, since).options(selectinload(Customer.orders)))
+    return [(c.id, c.name, [(o.id, by_order[o.id]) for o in c.orders]) for c in customers]
+
+
+def totals_streams_every_item(session, country, since):
+    by_order: dict = {}
+    for item in session.scalars(select(OrderItem).execution_options(yield_per=5000)):  # a server-side cursor
         by_order[item.order_id] = by_order.get(item.order_id, 0) + item.quantity * item.unit_price
     customers = session.scalars(_found(country, since).options(selectinload(Customer.orders)))
     return [(c.id, c.name, [(o.id, by_order[o.id]) for o in c.orders]) for c in customers]
@@ -352,7 +375,8 @@ def totals_dict(session, country, since):
     return {cid: orders for cid, _name, orders in totals_selectin(session, country, since)}
 
 
-@pytest.mark.parametrize("right", [totals_selectin, totals_joined, totals_subquery, totals_in_sql])
+@pytest.mark.parametrize("right", [totals_selectin, totals_joined, totals_subquery, totals_in_sql,
+                                   totals_contains_eager])
 def test_order_totals_accepts(right, capsys):
     checks.order_totals(right)
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -367,6 +391,7 @@ def test_order_totals_stops_the_stub():
     (totals_lazy, r"ran \d+ statements for \d+ customers"),
     (totals_half_fixed, r"ran \d+ statements for \d+ customers"),
     (totals_every_item, r"send [\d,]+ rows to Python, where the customers, their orders and their items come to"),
+    (totals_streams_every_item, r"send [\d,]+ rows to Python"),
     (totals_filtered_in_python, r"send [\d,]+ rows to Python"),
     (totals_by_name, "at position 0"),
     (totals_float, "at position 0"),

@@ -275,6 +275,12 @@ def _dependency_verdict(served: _Served, engine: Engine, others: list[_Served]) 
                               f" the session; a pool of {POOL_SIZE} then fails with 'QueuePool limit of size"
                               f" {POOL_SIZE} overflow 0 reached'.",
                               "make get_session a generator: `yield` the session, and put the clean-up after it")
+        if inspect.isasyncgen(got) or inspect.iscoroutine(got):
+            with contextlib.suppress(Exception):
+                got.close()
+            raise CheckFailed("get_session(SessionLocal) is an `async def` function: SessionLocal makes sync"
+                              " sessions, and the framework calls a sync dependency with next(), not await.",
+                              "write a plain `def` generator function that yields the session")
         if hasattr(got, "__enter__") and hasattr(got, "__exit__"):
             raise CheckFailed(f"get_session(SessionLocal) returned {type(got).__name__}, a context manager, not a"
                               " generator.", "write a plain generator function (no @contextmanager): the framework"
