@@ -123,6 +123,16 @@ async def lookup_semaphore_too_small(pool, lookup, ids, limit, deadline):
         return dict(zip(distinct, await asyncio.gather(*(one(i) for i in distinct)), strict=True))
 
 
+async def lookup_semaphore_per_task(pool, lookup, ids, limit, deadline):  # a new semaphore each time limits nothing
+    async def one(i):
+        async with asyncio.Semaphore(limit), pool.acquire() as conn:
+            return await lookup(conn, i)
+
+    distinct = list(dict.fromkeys(ids))
+    async with asyncio.timeout(deadline):
+        return dict(zip(distinct, await asyncio.gather(*(one(i) for i in distinct)), strict=True))
+
+
 async def lookup_one_shared_connection(pool, lookup, ids, limit, deadline):
     semaphore = asyncio.Semaphore(limit)
     async with pool.acquire() as conn:
@@ -222,6 +232,7 @@ def test_lookup_all_passes_the_solution_and_stops_the_stub(capsys):
 @pytest.mark.parametrize("wrong, said", [
     (lookup_sequential, r"took .* s for 12 lookups.*one after another"),
     (lookup_unbounded, r"ran [4-8] lookups at once; the limit was 3"),
+    (lookup_semaphore_per_task, r"ran [4-8] lookups at once; the limit was 3"),
     (lookup_semaphore_too_small, r"ran at most 2 lookups at once; the limit allows 3"),
     (lookup_one_shared_connection, r"raised InterfaceError.*another operation is in progress"),
     (lookup_hands_the_pool, r"not a connection acquired from the pool"),
@@ -387,6 +398,23 @@ async def report_own_connection(pool, customer_id):  # right numbers, but not th
         return await _query(conn, customer_id)
 
 
+async def report_cancel_safe_in_except(pool, customer_id):  # too late: psycopg has already given up
+    async with pool.connection() as conn:
+        try:
+            return await _query(conn, customer_id)
+        except asyncio.CancelledError:
+            await conn.cancel_safe()
+            raise
+
+
+async def report_prints_the_url_when_cancelled(pool, customer_id):
+    try:
+        return await report_solution(pool, customer_id)
+    except asyncio.CancelledError:
+        print("cancelled, while connected to", os.environ["DATABASE_URL"])
+        raise
+
+
 async def report_float_total(pool, customer_id):
     async with pool.connection() as conn:
         orders, total = await _query(conn, customer_id)
@@ -410,6 +438,8 @@ def test_run_report_passes_the_solution_and_stops_the_stub(capsys):
     (report_wraps_the_cancel, r"raised RuntimeError when cancelled"),
     (report_shields_the_query, r"still running 3 s after|query went on running"),
     (report_never_cancels_the_inner_task, r"query went on running on the server"),
+    (report_cancel_safe_in_except, r"again and again.*(went on running|raised)"),
+    (report_prints_the_url_when_cancelled, r"printed or logged a secret"),
     (report_own_connection, r"on a connection of its own, not one from the pool"),
     (report_float_total, r"returned \(\d+, [\d.]+\); expected"),
 ], ids=lambda v: getattr(v, "__name__", None))
