@@ -297,9 +297,12 @@ async def _fan_out(fn, pool, lookup, ids, limit, deadline, timeout=None, allowed
                           hint="run your function on its own in a cell with the same arguments, and read the error")
     except asyncpg.InterfaceError as exc:
         _judge_misuse(lookup, call_text)
+        shared = "another operation is in progress" in str(exc)
         raise CheckFailed(f"{call_text} raised InterfaceError: {exc}.",
                           "a connection runs one query at a time: give every lookup a connection of its own"
-                          " (async with pool.acquire() as conn: inside the task)") from None
+                          " (async with pool.acquire() as conn: inside the task)" if shared else
+                          "use each connection inside its `async with pool.acquire() as conn:` block, and only"
+                          " there") from None
     except BaseException:
         _judge_misuse(lookup, call_text)
         raise
