@@ -650,3 +650,25 @@ def test_with_retry_rejects(wrong, said):
         checks.with_retry(wrong)
     assert "Hint:" in str(caught.value)
     assert nothing_left() == [], "the check left sessions behind"
+
+
+def test_with_retry_forces_real_failures(capsys):
+    """The 40001s come from a concurrent update and a write skew, the 40P01 from a lock cycle the server detected."""
+    seen: list = []
+
+    def recording(SessionLocal, work, attempts):
+        for attempt in range(1, attempts + 1):
+            try:
+                with SessionLocal.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                seen.append(str(exc.orig))
+                if exc.orig.sqlstate not in RETRYABLE or attempt == attempts:
+                    raise
+
+    checks.with_retry(recording)
+    assert "Exercise 3 passed" in capsys.readouterr().out
+    assert any("could not serialize access due to concurrent update" in s for s in seen)
+    assert any("could not serialize access due to read/write dependencies" in s for s in seen)
+    assert any(s.startswith("deadlock detected") and "waits for ShareLock" in s for s in seen)
+    assert any("duplicate key" in s for s in seen) and any("lock timeout" in s for s in seen)

@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import inspect
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -631,8 +633,7 @@ class _Retry:
         if failing and self.failure == "40001":  # a concurrent update, committed between our read and our write
             self.admin.execute(_sql.SQL("UPDATE {} SET value = value + 1 WHERE id = 1").format(self.table("counter")))
         if failing and self.failure == "40P01":
-            session.execute(text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected (forced by the check)'"
-                                 " USING ERRCODE = '40P01'; END $$"))
+            self.deadlock(session)
         if self.failure == "commit":  # write skew: the check's transaction commits first, so our COMMIT fails
             session.execute(text("UPDATE exercise08.counter SET value = :v WHERE id = 1"), {"v": value + 100})
             session.execute(text("SELECT count(*) FROM exercise08.oncall WHERE on_call"))
@@ -657,11 +658,45 @@ class _Retry:
         return value + 100
 
 
+    def deadlock(self, session: Session) -> None:
+        """A real deadlock: this session locks row 2 and waits for row 3, which the check's session holds; the
+        check's session then waits for row 2. This session waited first, so the server's deadlock detector (after
+        deadlock_timeout, a second by default) ends its transaction with 40P01."""
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        session.execute(text("UPDATE exercise08.counter SET value = value WHERE id = 2"))
+        with check_connect() as blocker:
+            blocker.execute(_sql.SQL("UPDATE {} SET value = value WHERE id = 3").format(self.table("counter")))
+            closer = threading.Thread(target=self._close_the_cycle, args=(pid, blocker), daemon=True)
+            closer.start()
+            try:
+                session.execute(text("UPDATE exercise08.counter SET value = value WHERE id = 3"))
+            finally:
+                closer.join(15)
+                blocker.rollback()
+        # Reached only when the detector chose the check's session instead (a machine too busy to close the
+        # cycle within deadlock_timeout): the server raises the same error for this session.
+        session.execute(text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"))
+
+    def _close_the_cycle(self, pid: int, blocker: psycopg.Connection) -> None:
+        """Once the learner's session waits for row 3, ask for row 2 from the session that holds row 3."""
+        with contextlib.suppress(psycopg.Error), check_connect(autocommit=True) as watch:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    blocker.execute(_sql.SQL("UPDATE {} SET value = value WHERE id = 2").format(
+                        self.table("counter")))
+                    return
+                time.sleep(0.01)
+        with contextlib.suppress(psycopg.Error):
+            blocker.rollback()  # never saw the wait: let the learner's session go on
+
+
 RETRY_SCENARIOS = [
     # name, failure, calls that fail, attempts
     ("two serialization failures (40001, a concurrent update), then success", "40001", 2, 3),
     ("a serialization failure at COMMIT (40001, write skew under SERIALIZABLE), then success", "commit", 1, 3),
-    ("a deadlock (40P01), then success", "40P01", 1, 2),
+    ("a deadlock (40P01, the check's session and yours wait for each other), then success", "40P01", 1, 2),
     ("a serialization failure (40001) every time", "40001", 99, 4),
     ("a serialization failure (40001) with attempts=1", "40001", 99, 1),
     ("a unique violation (23505)", "23505", 99, 5),
@@ -748,7 +783,8 @@ def with_retry(fn) -> None:
     with _schema("counter", "oncall") as admin:
         admin.execute(_sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, value int NOT NULL)").format(
             _sql.Identifier(SCHEMA, "counter")))
-        admin.execute(_sql.SQL("INSERT INTO {} VALUES (1, 0), (2, 0)").format(_sql.Identifier(SCHEMA, "counter")))
+        admin.execute(_sql.SQL("INSERT INTO {} VALUES (1, 0), (2, 0), (3, 0)").format(
+            _sql.Identifier(SCHEMA, "counter")))
         admin.execute(_sql.SQL("CREATE TABLE {} (doctor text PRIMARY KEY, on_call bool NOT NULL)").format(
             _sql.Identifier(SCHEMA, "oncall")))
         admin.execute(_sql.SQL("INSERT INTO {} VALUES ('a', true), ('b', true)").format(
