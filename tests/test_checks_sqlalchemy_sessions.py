@@ -331,6 +331,11 @@ def totals_filtered_in_python(session, country, since):
     return _report(c for c in customers if c.created_at >= since)
 
 
+def totals_unordered(session, country, since):
+    return _report(session.scalars(_found(country, since).order_by(None).options(
+        selectinload(Customer.orders).selectinload(Order.items))))
+
+
 def totals_by_name(session, country, since):
     return _report(session.scalars(_found(country, since).order_by(None).order_by(Customer.name).options(
         selectinload(Customer.orders).selectinload(Order.items))))
@@ -393,6 +398,7 @@ def test_order_totals_stops_the_stub():
     (totals_every_item, r"send [\d,]+ rows to Python, where the customers, their orders and their items come to"),
     (totals_streams_every_item, r"send [\d,]+ rows to Python"),
     (totals_filtered_in_python, r"send [\d,]+ rows to Python"),
+    (totals_unordered, "at position 0"),
     (totals_by_name, "at position 0"),
     (totals_float, "at position 0"),
     (totals_inner_join, r"order_totals\(session, 'IT', 2025-12-20\) returned \d+ customers"),

@@ -411,6 +411,7 @@ def session_dependency(fn) -> None:
 # --- exercise 2: an N+1 removed ------------------------------------------------------------------
 
 STATEMENTS_ALLOWED = 4
+CUSTOMERS_INDEX = "exercise08_customers_created_at"
 ROWS_MARGIN = (2, 20)  # rows sent may be up to twice what the customers, orders and items found come to, plus 20
 UTC = dt.UTC
 TOTALS_CASES = [("SE", dt.datetime(2025, 12, 1, tzinfo=UTC)), ("IT", dt.datetime(2025, 12, 20, tzinfo=UTC)),
@@ -553,6 +554,25 @@ def _totals_verdict(result, answer, size, log, country, since) -> None:
                           " (a loader option such as selectinload or joinedload), or compute the totals in SQL")
 
 
+@contextlib.contextmanager
+def _unordered_customers(admin: psycopg.Connection) -> Iterator[None]:
+    """While inside, customers found by sign-up date come from an index on created_at, in that order, unless the
+    query orders them (the check's engine turns sequential and bitmap scans off): not by id by accident."""
+    index = _sql.Identifier(CUSTOMERS_INDEX)
+    admin.execute("SET lock_timeout = '5s'")
+    try:
+        admin.execute(_sql.SQL("CREATE INDEX IF NOT EXISTS {} ON customers (created_at)").format(index))
+    except psycopg.errors.LockNotAvailable:
+        raise CheckFailed("The check could not add its index to customers: another session keeps a transaction open"
+                          " that changed that table.", "commit or roll back in your other notebooks (or restart"
+                          " their kernels), then run this check again") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            admin.execute(_sql.SQL("DROP INDEX IF EXISTS {}").format(index))
+
+
 def order_totals(fn) -> None:
     """Exercise 2: fn(session, country, since) -> [(customer id, name, [(order id, total)])]. Compared with a
     reference for several countries and dates (none found included); the statements each call runs (at most
@@ -560,14 +580,15 @@ def order_totals(fn) -> None:
     tag, pool_tag = new_tag(2), new_tag("2 pool")
     log: list[list] = []
     cursor, server_cursor = _counting_cursors(log)
-    engine = _engine(pool_tag, pool_size=1, max_overflow=0, pool_timeout=POOL_TIMEOUT)
+    engine = _engine(pool_tag, pool_size=1, max_overflow=0, pool_timeout=POOL_TIMEOUT,
+                     connect_args={"options": "-c enable_seqscan=off -c enable_bitmapscan=off"})
 
     @event.listens_for(engine, "connect")
     def _count(dbapi_connection, _record):
         dbapi_connection.cursor_factory, dbapi_connection.server_cursor_factory = cursor, server_cursor
 
     total_statements = 0
-    with check_connect(autocommit=True) as admin:
+    with check_connect(autocommit=True) as admin, _unordered_customers(admin):
         try:
             with engine.connect() as warm:  # the dialect's first queries are not the learner's
                 warm.execute(text("SELECT 1"))
