@@ -678,3 +678,16 @@ def test_with_retry_forces_real_failures(capsys):
     assert any("could not serialize access due to read/write dependencies" in s for s in seen)
     assert any(s.startswith("deadlock detected") and "waits for ShareLock" in s for s in seen)
     assert any("duplicate key" in s for s in seen) and any("lock timeout" in s for s in seen)
+
+
+@pytest.mark.parametrize("check, answer", [(checks.session_dependency, get_session_no_finally),
+                                           (checks.order_totals, totals_unordered),
+                                           (checks.with_retry, retry_leaks)])
+def test_a_failed_check_leaves_no_table_index_or_schema_behind(check, answer):
+    with pytest.raises(CheckFailed):
+        check(answer)
+    with check_connect(autocommit=True) as conn:
+        left = conn.execute("SELECT to_regnamespace('exercise08'), to_regclass('exercise08_customers_created_at')"
+                            ).fetchone()
+    assert left == (None, None)
+    assert nothing_left() == []
