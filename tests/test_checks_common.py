@@ -114,6 +114,36 @@ def test_an_async_function_that_swallows_cancellation_still_gets_a_verdict():
     asyncio.run(main())
 
 
+def test_arun_stops_a_coroutine_that_never_yields_to_the_loop():
+    """No cancellation reaches a coroutine that spins without yielding; the watchdog stops it all the same."""
+    async def spins():  # `except CancelledError: continue` around an await that raises at once
+        done = asyncio.get_running_loop().create_future()
+        done.cancel()
+        while True:
+            try:
+                await done
+            except asyncio.CancelledError:
+                continue
+
+    async def spins_once_cancelled():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            while True:
+                pass
+
+    async def main():
+        for fn in (spins, spins_once_cancelled):
+            start = time.monotonic()
+            with pytest.raises(CheckFailed, match="did not finish within 1 s"):
+                await checks.arun(1, fn, timeout=1)
+            assert time.monotonic() - start < 1 + checks.WATCHDOG_GRACE + 2
+        await asyncio.sleep(1.5)  # nothing is left to land in the loop's thread later
+        assert await checks.arun(1, lambda: asyncio.sleep(0, result=7)) == 7
+
+    asyncio.run(main())
+
+
 def test_async_functions_are_awaited_and_judged_like_sync_ones():
     async def ok(x):
         await asyncio.sleep(0)

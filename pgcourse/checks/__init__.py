@@ -411,6 +411,55 @@ def _inject(thread: threading.Thread) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_TimeLimit))
 
 
+WATCHDOG_GRACE = 2.0
+"""Seconds past its time limit after which a coroutine that keeps the event loop from running (it never
+awaits anything that yields) is stopped by the watchdog."""
+
+
+class LoopWatchdog:
+    """Stops a coroutine that never yields to the event loop, which no cancellation can reach.
+
+    While inside (`with LoopWatchdog(limit):`, in the loop's thread), a ticker in the loop notes each time
+    the loop gets to run. If `limit` + WATCHDOG_GRACE seconds have passed and the loop has not run for a
+    second, a watchdog thread raises `_TimeLimit` in the loop's thread (the mechanism `run` uses for its
+    threads): it lands in the code that holds the loop, and ends the learner's task with it. `fired`
+    says whether it had to.
+    """
+
+    def __init__(self, limit: float):
+        self.limit, self.fired, self.lock = limit, False, threading.Lock()
+
+    def __enter__(self) -> LoopWatchdog:
+        self.loop, self.ident = asyncio.get_running_loop(), threading.get_ident()
+        self.start = self.beat = time.monotonic()
+        self.stop = threading.Event()
+        self._tick()
+        threading.Thread(target=self._watch, name="check watchdog", daemon=True).start()
+        return self
+
+    def _tick(self) -> None:
+        self.beat = time.monotonic()
+        if not self.stop.is_set():
+            self.handle = self.loop.call_later(0.05, self._tick)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.1):
+            with self.lock:
+                now = time.monotonic()
+                if (not self.stop.is_set() and now - self.start > self.limit + WATCHDOG_GRACE
+                        and now - self.beat > 1.0):
+                    self.fired, self.beat = True, now  # once a second at most, while the loop stays held
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident),
+                                                               ctypes.py_object(_TimeLimit))
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.stop.set()
+            if self.fired:  # not delivered yet (the loop got free meanwhile): it must not land in the check
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
+        self.handle.cancel()
+
+
 def run(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT, allowed: tuple[type[BaseException], ...] = (),
         hint: str | None = None, secrets: Iterable[str] | None = None, tag: str | None = None,
         stop_pids: Iterable[int] = (), **kwargs) -> Any:
@@ -488,12 +537,16 @@ async def arun(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT,
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 task = asyncio.ensure_future(_guarded(result))
-                done, _ = await asyncio.wait({task}, timeout=timeout)
-                if not done:
-                    task.cancel()
-                    done, _ = await asyncio.wait({task}, timeout=5)
+                with LoopWatchdog(timeout):  # a coroutine that never yields is stopped all the same
+                    done, _ = await asyncio.wait({task}, timeout=timeout)
+                    in_time = bool(done)
                     if not done:
-                        stop_sessions(tag, stop_pids)
+                        task.cancel()
+                        done, _ = await asyncio.wait({task}, timeout=5)
+                if not done:
+                    stop_sessions(tag, stop_pids)
+                stopped = done and not task.cancelled() and isinstance(task.exception(), _TimeLimit)
+                if not in_time or stopped:
                     raise _TimeLimit
                 result = task.result()
                 if isinstance(result, _Raised):
