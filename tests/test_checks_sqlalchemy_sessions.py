@@ -10,7 +10,15 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload, sessionmaker, subqueryload
+from sqlalchemy.orm import (
+    Session,
+    close_all_sessions,
+    contains_eager,
+    joinedload,
+    selectinload,
+    sessionmaker,
+    subqueryload,
+)
 
 from pgcourse.checks import CheckFailed, NotDone, check_connect
 from pgcourse.checks import sqlalchemy_sessions as checks
@@ -209,6 +217,40 @@ async def get_session_async(SessionLocal):
         session.commit()
 
 
+def get_session_closes_all(SessionLocal):
+    session = SessionLocal()
+    try:
+        yield session
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        close_all_sessions()  # every session of the process: also another request's, still running
+
+
+_current = None
+
+
+def get_session_global(SessionLocal):
+    global _current
+    _current = SessionLocal()  # the latest request's session, when two run at once
+    try:
+        yield _current
+        _current.commit()
+    except Exception:
+        _current.rollback()
+        raise
+    finally:
+        _current.close()
+
+
+def get_session_by_hand(SessionLocal):
+    with Session(bind=SessionLocal.kw["bind"]) as session:  # the engine, without the sessionmaker's settings
+        yield session
+        session.commit()
+
+
 def get_session_prints_url(SessionLocal):
     print("session on", os.environ["DATABASE_URL"])
     yield from get_session(SessionLocal)
@@ -243,6 +285,10 @@ def test_session_dependency_stops_the_stub():
     (get_session_yields_the_maker, "yielded sessionmaker, not a Session"),
     (get_session_async, "is an `async def` function"),
     (get_session_prints_url, "printed or logged a secret"),
+    (get_session_closes_all, r"When request \d+ ended \(it succeeded\), your dependency also changed the session of"
+                             r" request \d+, which was still running"),
+    (get_session_global, r"When request \d+ ended .* still running: that session lost its transaction"),
+    (get_session_by_hand, "a Session that SessionLocal did not make"),
 ])
 def test_session_dependency_rejects(wrong, said):
     _shared.clear()
@@ -376,6 +422,40 @@ def totals_cached(session, country, since):
     return _cache[country, since]
 
 
+def totals_strictly_after(session, country, since):
+    return _report(session.scalars(select(Customer).where(Customer.country == country, Customer.created_at > since)
+                                   .order_by(Customer.id).options(selectinload(Customer.orders)
+                                                                  .selectinload(Order.items))))
+
+
+def totals_date_only(session, country, since):
+    return _report(session.scalars(select(Customer).where(Customer.country == country,
+                                                          func.date(Customer.created_at) >= since.date())
+                                   .order_by(Customer.id).options(selectinload(Customer.orders)
+                                                                  .selectinload(Order.items))))
+
+
+def totals_naive(session, country, since):
+    return totals_selectin(session, country, since.replace(tzinfo=None))  # read in the session's time zone
+
+
+def totals_ilike(session, country, since):
+    return _report(session.scalars(select(Customer).where(Customer.country.ilike(f"%{country}%"),
+                                                          Customer.created_at >= since)
+                                   .order_by(Customer.id).options(selectinload(Customer.orders)
+                                                                  .selectinload(Order.items))))
+
+
+_by_day: dict = {}
+
+
+def totals_cached_by_day(session, country, since):
+    key = (country, since.date())
+    if key not in _by_day:
+        _by_day[key] = totals_selectin(session, country, since)
+    return _by_day[key]
+
+
 def totals_dict(session, country, since):
     return {cid: orders for cid, _name, orders in totals_selectin(session, country, since)}
 
@@ -400,14 +480,22 @@ def test_order_totals_stops_the_stub():
     (totals_filtered_in_python, r"send [\d,]+ rows to Python"),
     (totals_unordered, "at position 0"),
     (totals_by_name, "at position 0"),
-    (totals_float, "at position 0"),
-    (totals_inner_join, r"order_totals\(session, 'IT', 2025-12-20\) returned \d+ customers"),
-    (totals_f_string, "wrote a value into the SQL text"),
+    (totals_float, r"returned order totals of type float \([\d.]+, \.\.\.\), not Decimal"),
+    (totals_inner_join, r"order_totals\(session, 'IT', 2025-12-20T00:00:00\+00:00\) returned \d+ customers"),
+    (totals_f_string, r"wrote a value into the SQL text: .*WHERE c.country = 'SE' AND c.created_at >= '2025-12-01T00:00:00\+00:00'"),
+    (totals_strictly_after, r"order_totals\(session, 'SE', 2025-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\) returned (\d+)"
+                            r" customers; at position \d+ it has .* \(\d+ customers"),
+    (totals_date_only, r"order_totals\(session, 'SE', 2025-[\d-]+T\d\d:\d\d:\d\d\+00:00\) returned \d+ customers"),
+    (totals_naive, r"order_totals\(session, 'DE', 2025-[\d-]+T[\d:]+\+02:00\) returned \d+ customers"),
+    (totals_ilike, r"order_totals\(session, 'se', 2025-12-01T00:00:00\+00:00\) returned \d+ customers; at position 0"
+                   r" it has .* where nothing was expected"),
+    (totals_cached_by_day, r"order_totals\(session, 'SE', 2025-[\d-]+T[\d:]+\+00:00\) ran no statement"),
     (totals_own_engine, "ran no statement through the session it was given"),
     (totals_cached, "ran no statement through the session it was given"),
     (totals_dict, "returned dict, not a list"),
 ])
 def test_order_totals_rejects(wrong, said):
+    _by_day.clear()
     if wrong is totals_cached:
         checks.order_totals(totals_cached)  # the first run fills the cache: it passes
     with pytest.raises(CheckFailed, match=said) as caught:
@@ -615,6 +703,58 @@ def retry_loses_the_error(SessionLocal, work, attempts):
     raise GaveUp("gave up")
 
 
+def retry_class_40(SessionLocal, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with SessionLocal.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if not str(exc.orig.sqlstate).startswith("40") or attempt == attempts:  # 40002, 40003 too
+                raise
+
+
+def retry_uncapped_backoff(SessionLocal, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with SessionLocal.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if exc.orig.sqlstate not in RETRYABLE or attempt == attempts:
+                raise
+            time.sleep(2 ** attempt)
+
+
+def retry_raises_orig(SessionLocal, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with SessionLocal.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if exc.orig.sqlstate not in RETRYABLE or attempt == attempts:
+                raise exc.orig  # noqa: B904 - the wrong answer under test
+
+
+def retry_read_committed(SessionLocal, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with SessionLocal.begin() as session:
+                session.connection(execution_options={"isolation_level": "READ COMMITTED"})
+                return work(session)
+        except DBAPIError as exc:
+            if exc.orig.sqlstate not in RETRYABLE or attempt == attempts:
+                raise
+
+
+def retry_session_by_hand(SessionLocal, work, attempts):
+    for attempt in range(1, attempts + 1):
+        try:
+            with Session(SessionLocal.kw["bind"]) as session, session.begin():  # not SessionLocal's settings
+                return work(session)
+        except DBAPIError as exc:
+            if exc.orig.sqlstate not in RETRYABLE or attempt == attempts:
+                raise
+
+
 def retry_own_engine(SessionLocal, work, attempts):
     engine = create_engine(make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql+psycopg"))
     try:
@@ -650,6 +790,12 @@ def test_with_retry_stops_the_stub():
     (retry_leaks, "left a connection checked out of the pool"),
     (retry_own_engine, "a session that SessionLocal did not make"),
     (retry_loses_the_error, r"raised GaveUp: gave up; the database error \(SQLSTATE 40001\) was lost"),
+    (retry_class_40, r"statement completion unknown \(40003.*ran the work 5 times; that error is not one to retry"),
+    (retry_uncapped_backoff, r"waited [\d.]+ s between attempts \d and \d; at most 1 s is allowed"),
+    (retry_raises_orig, r"every time, raised psycopg's SerializationFailure: .*not SQLAlchemy's error"),
+    (retry_read_committed, r"two serialization failures .* ran the work once and returned: no serialization failure"
+                           r" or deadlock happened.*Was the isolation level lowered\?"),
+    (retry_session_by_hand, "a session that SessionLocal did not make"),
 ])
 def test_with_retry_rejects(wrong, said):
     with pytest.raises(CheckFailed, match=said) as caught:

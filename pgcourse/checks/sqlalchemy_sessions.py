@@ -118,7 +118,9 @@ class _Row(_Base):
 
 
 ROUNDS = 3
-KINDS = ["ok", "error", "db_error", "abandoned", "commit_error", "ctx_ok", "ctx_error", "pair"]
+KINDS = ["ok", "error", "db_error", "abandoned", "commit_error", "ctx_ok", "ctx_error", "pair", "overlap"]
+ENDED = {"ok": "it succeeded", "error": "its handler raised ValueError"}
+MAKER_MARK = "made by the check's SessionLocal"  # in the info of every session the check's sessionmaker makes
 PERSISTS = {"ok", "ctx_ok"}
 TOLD = {
     "ok": "a request that succeeded (your generator resumed with next(gen))",
@@ -143,13 +145,18 @@ class _Served:
         self.thrown: BaseException | None = None
         self.end: tuple[str, Any] | None = None  # ('stop',) ('raised', exc) ('yielded again',)
         self.handler_error: BaseException | None = None
+        self.flush = True  # False: the handler's row stays pending (unflushed) until the dependency commits
+        self.disturbed_by: _Served | None = None  # another request whose end changed this one's session
+        self.row: _Row | None = None
 
 
 def _write(session: Session, number: int, served: _Served) -> bool:
-    """The check's handler: one row for this request, flushed. False when that failed."""
+    """The check's handler: one row for this request, flushed (or left pending). False when that failed."""
     try:
-        session.add(_Row(request=number))
-        session.flush()
+        served.row = _Row(request=number)  # kept: a session holds its unchanged persistent objects weakly
+        session.add(served.row)
+        if served.flush:
+            session.flush()
         return True
     except Exception as exc:  # noqa: BLE001 - judged by the caller
         served.handler_error = exc
@@ -248,9 +255,19 @@ def _drive(fn, maker, batch: list[_Served], duplicate: int) -> None:
     for gen, served in zip(gens, batch, strict=True):  # both requests of a pair hold a connection at once
         if gen is not None:
             _write(served.session, served.number, served)
-    for gen, served in zip(gens, batch, strict=True):
+    for i, (gen, served) in enumerate(zip(gens, batch, strict=True)):
         if gen is not None:
+            still_running = [(o, _state_of(o)) for o in batch[i + 1:] if isinstance(o.session, Session)]
             _finish(gen, served, duplicate)
+            for other, before in still_running:
+                if _state_of(other) != before:
+                    other.disturbed_by = served
+
+
+def _state_of(served: _Served) -> tuple:
+    """What a running request's session holds: its transaction, and its row (pending or flushed)."""
+    session, row = served.session, served.row
+    return session.in_transaction(), row is not None and row in session, row is not None and row in session.new
 
 
 def _batches() -> list[list[_Served]]:
@@ -259,6 +276,10 @@ def _batches() -> list[list[_Served]]:
         for kind in KINDS:
             if kind == "pair":
                 batches.append([_Served("ok", number), _Served("error", number + 1)])
+                number += 2
+            elif kind == "overlap":  # the first ends while the second holds an unflushed row, then commits
+                batches.append([_Served("ok", number), _Served("ok", number + 1)])
+                batches[-1][1].flush = False
                 number += 2
             else:
                 batches.append([_Served(kind, number)])
@@ -301,10 +322,25 @@ def _dependency_verdict(served: _Served, engine: Engine, others: list[_Served]) 
         raise CheckFailed("Your generator yielded a session on an engine of its own, not on the one SessionLocal"
                           " uses: an engine per request opens connections outside the application's pool.",
                           "make the session with SessionLocal(); create no engine in the dependency")
+    if served.session.info.get(MAKER_MARK) is not True:
+        raise CheckFailed("Your generator yielded a Session that SessionLocal did not make (on the same engine, but"
+                          " built by hand): it has none of the settings the application gave its sessionmaker"
+                          " (expire_on_commit, info, its Session class, its event listeners).",
+                          "make the session by calling SessionLocal() (or SessionLocal.begin()), not Session(...)")
     if any(o is not served and o.session is served.session for o in others):
         raise CheckFailed("Two requests served at the same time got the same Session: a session belongs to one"
                           " request (it holds that request's transaction and objects).",
                           "make a new session with SessionLocal() on every call; keep none between calls")
+    for victim in (o for o in others if o.disturbed_by is served):
+        raise CheckFailed(f"Two requests were served at once. When request {served.number} ended"
+                          f" ({ENDED.get(served.kind, served.kind)}), your dependency also"
+                          f" changed the session of request {victim.number}, which was still running: that session"
+                          " lost its transaction or its " + ("flushed" if victim.flush else "pending, unflushed")
+                          + " row (it was closed, committed or rolled back from the other request). A call of"
+                          " close_all_sessions() closes every session of the process; a session kept in a global"
+                          " variable is the latest request's, not this one's.",
+                          "keep the session in a local variable of the generator, and commit, roll back and close"
+                          " only that one")
     if served.handler_error is not None:
         raise CheckFailed(f"Writing a row through the session you yielded failed, for {told}:"
                           f" {_first_line(served.handler_error)}.",
@@ -379,7 +415,7 @@ def session_dependency(fn) -> None:
         counts = {"checkout": 0, "checkin": 0}
         event.listen(engine, "checkout", lambda *a: counts.__setitem__("checkout", counts["checkout"] + 1))
         event.listen(engine, "checkin", lambda *a: counts.__setitem__("checkin", counts["checkin"] + 1))
-        maker = sessionmaker(engine)
+        maker = sessionmaker(engine, info={MAKER_MARK: True})
         batches = _batches()
         try:
             with learner_env(tag):
@@ -399,6 +435,9 @@ def session_dependency(fn) -> None:
                 raise CheckFailed(f"After the requests, {len(idle)} of the pool's sessions were {idle[0]['state']}.",
                                   "close the session however the request ends")
         finally:
+            for served in (s for b in batches for s in b if isinstance(s.session, Session)):
+                with contextlib.suppress(Exception):
+                    served.session.close()  # left open by a failed request: nothing of it outlives the check
             engine.dispose()
             _end_sessions(admin, tag, pool_tag)
     requests = sum(len(b) for b in batches)
@@ -416,9 +455,26 @@ ROWS_MARGIN = (2, 20)  # rows sent may be up to twice what the customers, orders
 UTC = dt.UTC
 TOTALS_CASES = [("SE", dt.datetime(2025, 12, 1, tzinfo=UTC)), ("IT", dt.datetime(2025, 12, 20, tzinfo=UTC)),
                 ("US", dt.datetime(2025, 11, 15, tzinfo=UTC)), ("DE", dt.datetime(2026, 1, 1, tzinfo=UTC)),
-                ("X'", dt.datetime(2024, 1, 1, tzinfo=UTC))]
+                ("X'", dt.datetime(2024, 1, 1, tzinfo=UTC)), ("se", dt.datetime(2025, 12, 1, tzinfo=UTC)),
+                ("S_", dt.datetime(2025, 12, 1, tzinfo=UTC))]
 """Countries and dates: a few dozen customers, one of them without orders (IT), about ninety, and none
-(a date after the last sign-up; a country no customer has, with a quote in it)."""
+(a date after the last sign-up; a country no customer has, with a quote in it; a country in lower case; one that
+is a LIKE pattern). _totals_cases adds three taken from the data."""
+PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+
+
+def _totals_cases(admin: psycopg.Connection) -> list[tuple[str, dt.datetime]]:
+    """TOTALS_CASES, then: `since` equal to a Swedish customer's exact sign-up (a mid-day one, 20 before the last),
+    one second later (the same day: that customer drops out), and a German customer's sign-up minus an hour,
+    written at +02:00 (read as UTC wall-clock time, it would be an hour after that customer)."""
+    def signed_up(country: str, hours: tuple[int, int], offset: int) -> dt.datetime:
+        return admin.execute("SELECT created_at FROM customers WHERE country = %s AND extract(hour FROM created_at AT"
+                             " TIME ZONE 'UTC') BETWEEN %s AND %s ORDER BY created_at DESC OFFSET %s LIMIT 1",
+                             (country, *hours, offset)).fetchone()[0].astimezone(UTC)
+    exact = signed_up("SE", (8, 15), 20)
+    german = signed_up("DE", (4, 20), 40)
+    return [*TOTALS_CASES, ("SE", exact), ("SE", exact + dt.timedelta(seconds=1)),
+            ("DE", (german - dt.timedelta(hours=1)).astimezone(PLUS_TWO))]
 
 
 def _counting_cursors(log: list[list]) -> tuple[type, type]:
@@ -508,15 +564,20 @@ def _normalised(result) -> list | None:
 
 
 def _pasted(log: list[list], country: str, since: dt.datetime) -> str | None:
+    """The part of a statement around a value written into its text (the country quoted, or since's date)."""
     quoted = "'" + country.replace("'", "''") + "'"
+    dates = {since.date().isoformat(), since.astimezone(UTC).date().isoformat()}
     for statement, _rows in log:
-        if quoted in statement or since.date().isoformat() in statement:
-            return statement
+        flat = " ".join(statement.split())
+        at = min((i for i in (flat.find(v) for v in (quoted, *dates)) if i >= 0), default=-1)
+        if at >= 0:
+            start = max(0, flat.rfind(" WHERE ", 0, at + 1), at - 70) if at > 70 else 0
+            return ("..." if start else "") + flat[start:start + 160] + ("..." if start + 160 < len(flat) else "")
     return None
 
 
 def _totals_verdict(result, answer, size, log, country, since) -> None:
-    call = f"order_totals(session, {country!r}, {since.date().isoformat()})"
+    call = f"order_totals(session, {country!r}, {since.isoformat()})"
     customers, orders = len(answer), sum(len(a[2]) for a in answer)
     statements, rows = len(log), sum(entry[1] for entry in log)
     if not log:
@@ -528,17 +589,25 @@ def _totals_verdict(result, answer, size, log, country, since) -> None:
         raise CheckFailed(f"{call} returned {type(result).__name__}, not a list of (customer id, name, [(order id,"
                           " total), ...]) tuples.", "return a list with one tuple per customer")
     if pasted := _pasted(log, country, since):
-        raise CheckFailed(f"{call} wrote a value into the SQL text: {' '.join(pasted.split())[:160]!r}.",
+        raise CheckFailed(f"{call} wrote a value into the SQL text: {pasted!r}.",
                           "let the ORM send values as parameters (Customer.country == country), never in the text")
+    floats = [total for _cid, _name, orders in got for _oid, total in orders if isinstance(total, float)]
+    if floats:
+        raise CheckFailed(f"{call} returned order totals of type float ({floats[0]!r}, ...), not Decimal: a float holds"
+                          " most amounts only approximately (Decimal('0.1') * 3 is exact, 0.1 * 3 is"
+                          " 0.30000000000000004), so money stays Decimal, as the numeric column gives it.",
+                          "sum quantity * unit_price as the ORM returns them (Decimal), or take SQL's sum() as it is;"
+                          " no cast to Float, no float()")
     if got != answer:
         wrong = next((i for i, (a, b) in enumerate(zip(got, answer, strict=False)) if a != b), min(len(got), len(answer)))
         shown = got[wrong] if wrong < len(got) else "nothing"
         wanted = answer[wrong] if wrong < len(answer) else "nothing"
         raise CheckFailed(f"{call} returned {len(got)} customers; at position {wrong} it has {str(shown)[:150]}"
                           f" where {str(wanted)[:150]} was expected ({customers} customers, {orders} orders).",
-                          "customers of that country who signed up at or after `since`, ordered by id, each with"
-                          " their orders by id and each order's total (sum of quantity * unit_price, a Decimal);"
-                          " a customer without orders has an empty list")
+                          "customers whose country is exactly `country`, who signed up at or after the instant"
+                          " `since` (>=, to the second, in its own time zone: compare it as it is, in SQL), ordered"
+                          " by id, each with their orders by id and each order's total (sum of quantity *"
+                          " unit_price, a Decimal); a customer without orders has an empty list")
     limit = ROWS_MARGIN[0] * size + ROWS_MARGIN[1]
     if rows > limit:
         biggest = max(log, key=lambda e: e[1])
@@ -581,7 +650,7 @@ def order_totals(fn) -> None:
     log: list[list] = []
     cursor, server_cursor = _counting_cursors(log)
     engine = _engine(pool_tag, pool_size=1, max_overflow=0, pool_timeout=POOL_TIMEOUT,
-                     connect_args={"options": "-c enable_seqscan=off -c enable_bitmapscan=off"})
+                     connect_args={"options": "-c enable_seqscan=off -c enable_bitmapscan=off -c TimeZone=UTC"})
 
     @event.listens_for(engine, "connect")
     def _count(dbapi_connection, _record):
@@ -592,14 +661,15 @@ def order_totals(fn) -> None:
         try:
             with engine.connect() as warm:  # the dialect's first queries are not the learner's
                 warm.execute(text("SELECT 1"))
+            cases = _totals_cases(admin)
             with learner_env(tag):
-                for country, since in TOTALS_CASES:
+                for country, since in cases:
                     answer, size = _reference_totals(admin, country, since)
                     log.clear()
                     with Session(engine) as session:
                         def order_totals(*_shown, session=session, country=country, since=since):
                             return fn(session, country, since)
-                        result = run(2, order_totals, _Label("session"), country, _Label(since.date().isoformat()),
+                        result = run(2, order_totals, _Label("session"), country, _Label(since.isoformat()),
                                      tag=tag, timeout=CALL_LIMIT,
                                      hint="run your function in a cell with a session and the same arguments")
                     if sessions_of(admin, tag):
@@ -610,8 +680,9 @@ def order_totals(fn) -> None:
         finally:
             engine.dispose()
             _end_sessions(admin, tag, pool_tag)
-    passed(2, f"the right customers, orders and totals for {len(TOTALS_CASES)} countries and dates (two with no"
-              f" customers) in {total_statements} statements in all, and no more rows than the answer needs.")
+    passed(2, f"the right customers, orders and totals for {len(cases)} countries and instants (four with no"
+              " customers; one at a customer's exact sign-up, one a second later, one at +02:00) in"
+              f" {total_statements} statements in all, and no more rows than the answer needs.")
 
 
 # --- exercise 3: retry what the server says to retry ------------------------------------------------
@@ -640,11 +711,20 @@ class _Retry:
         self.name, self.failure, self.fails, self.attempts, self.admin = name, failure, fails, attempts, admin
         self.sessions: list[Any] = []
         self.python_error: BaseException | None = None
+        self.starts: list[float] = []  # when each call of the work began and ended (monotonic)
+        self.ends: list[float] = []
 
     def table(self, name: str) -> _sql.Composed:
         return _sql.SQL("{}").format(_sql.Identifier(SCHEMA, name))
 
     def work(self, session: Session) -> int:
+        self.starts.append(time.monotonic())
+        try:
+            return self._work(session)
+        finally:
+            self.ends.append(time.monotonic())
+
+    def _work(self, session: Session) -> int:
         self.sessions.append(session)
         n = len(self.sessions)
         if n > self.attempts + 3:
@@ -666,6 +746,9 @@ class _Retry:
                     self.table("oncall")))
                 self.admin.execute("COMMIT")
             return value + 100  # no statement after the check's commit: the failure comes at COMMIT
+        if failing and self.failure == "40003":  # class 40 (transaction rollback), but neither 40001 nor 40P01
+            session.execute(text("DO $$ BEGIN RAISE EXCEPTION 'statement completion unknown'"
+                                 " USING ERRCODE = '40003'; END $$"))
         if failing and self.failure == "23505":
             session.execute(text("INSERT INTO exercise08.counter VALUES (1, 0)"))
         if failing and self.failure == "55P03":
@@ -722,10 +805,20 @@ RETRY_SCENARIOS = [
     ("a serialization failure (40001) with attempts=1", "40001", 99, 1),
     ("a unique violation (23505)", "23505", 99, 5),
     ("a lock timeout (55P03, an OperationalError too)", "55P03", 99, 5),
+    ("a statement completion unknown (40003: class 40, transaction rollback, but neither 40001 nor 40P01)", "40003",
+     99, 5),
     ("a ValueError raised by the work", "ValueError", 99, 5),
     ("a RuntimeError whose message says 'could not serialize'", "RuntimeError", 99, 5),
     ("no failure", "none", 0, 3),
 ]
+
+
+MAX_WAIT = 1.0  # seconds the task allows between two attempts
+WAIT_MARGIN = 0.5  # and what the check adds for a busy machine
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
 
 
 def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, after: int) -> None:
@@ -736,7 +829,7 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
     if outcome[0] == "runaway":
         raise CheckFailed(f"{call}, with {sc.name}, ran the work {calls} times before the check stopped it.",
                           "count the attempts, and stop at `attempts` (the first try included)")
-    if any(getattr(s, "bind", None) is not engine for s in sc.sessions):
+    if any(getattr(s, "bind", None) is not engine or s.info.get(MAKER_MARK) is not True for s in sc.sessions):
         raise CheckFailed(f"{call}, with {sc.name}, handed the work a session that SessionLocal did not make (an"
                           " engine of its own?): its transactions do not run the way the application's engine says.",
                           "make every session with the SessionLocal you are given")
@@ -744,6 +837,13 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
         raise CheckFailed(f"{call}, with {sc.name}, ran the work twice in the same Session.",
                           "make a new session with SessionLocal() for each attempt, so that nothing of a failed"
                           " attempt (its objects, its transaction) is carried into the next")
+    gaps = [start - end for end, start in zip(sc.ends, sc.starts[1:], strict=False)]
+    if gaps and max(gaps) > MAX_WAIT + WAIT_MARGIN:
+        longest = max(range(len(gaps)), key=gaps.__getitem__)
+        raise CheckFailed(f"{call}, with {sc.name}, waited {gaps[longest]:.1f} s between attempts {longest + 1} and"
+                          f" {longest + 2}; at most {MAX_WAIT:g} s is allowed. A wait that doubles without a cap"
+                          " (2 ** attempt) is 17 minutes before the 11th attempt, while the request waits.",
+                          "cap the wait (for example min(0.05 * 2 ** attempt, 1)), or do not wait at all")
     if retryable and sc.fails < sc.attempts and outcome[0] == "raised":
         states = _sqlstates(outcome[1])
         raise CheckFailed(f"{call}, with {sc.name}, raised {_first_line(outcome[1])} after {calls} call(s) of the"
@@ -755,9 +855,18 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
         raise CheckFailed(f"{call}, with {sc.name}, left a connection checked out of the pool (a session not"
                           " closed).", "open each attempt's session with `with`, so it closes however it ends")
     if retryable and sc.fails < sc.attempts:
+        if calls < expected_calls and outcome[0] == "returned":
+            lost = after != before + 100 + (sc.fails if sc.failure == "40001" else 0)
+            raise CheckFailed(f"{call}, with {sc.name}, ran the work {_times(calls)} and returned: no serialization"
+                              " failure or deadlock happened, although the check's session wrote in between"
+                              + (" (and that write was lost)" if lost else "") + ". At SERIALIZABLE, the level the"
+                              " engine sets, the server stops the second writer; at READ COMMITTED it lets both"
+                              " through. Was the isolation level lowered?",
+                              "leave the transaction at the engine's isolation level: set no isolation_level on the"
+                              " session, its connection or its execution options")
         if calls != expected_calls:
-            raise CheckFailed(f"{call}, with {sc.name}, ran the work {calls} times; {expected_calls} were needed.",
-                              "run the work again only after a retryable failure")
+            raise CheckFailed(f"{call}, with {sc.name}, ran the work {_times(calls)}; {expected_calls} calls were"
+                              " needed.", "run the work again only after a retryable failure, and not after success")
         if after != before + 100 + (sc.fails if sc.failure == "40001" else 0):
             raise CheckFailed(f"{call}, with {sc.name}, returned, but the work's write was not committed.",
                               "commit the session after the work (or use `with SessionLocal.begin() as session:`)")
@@ -775,12 +884,12 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
                               + "committed.", "commit after the work, and return what it returned")
         return
     if calls > expected_calls:
-        raise CheckFailed(f"{call}, with {sc.name}, ran the work {calls} times; " + (
+        raise CheckFailed(f"{call}, with {sc.name}, ran the work {_times(calls)}; " + (
             f"`attempts` is {sc.attempts}, the first try included." if retryable else
             "that error is not one to retry: a retry cannot fix it."),
             "count the first try as an attempt" if retryable else
             "retry only SQLSTATE 40001 and 40P01, read from exc.orig.sqlstate (or the class of exc.orig); not every"
-            " OperationalError, not by the message text")
+            " OperationalError, not every class 40 code, not by the message text")
     if outcome[0] != "raised":
         raise CheckFailed(f"{call}, with {sc.name}, returned {outcome[1]!r} instead of raising.",
                           "when the work fails for good, let the error propagate (or raise yours from it)")
@@ -789,6 +898,12 @@ def _retry_verdict(sc: _Retry, outcome: tuple, engine: Engine, before: int, afte
             raise CheckFailed(f"{call}, with {sc.name}, raised {_first_line(outcome[1])}; the work's own error was"
                               " lost.", "let the work's error propagate as it is")
         return
+    if isinstance(outcome[1], psycopg.Error):
+        raise CheckFailed(f"{call}, with {sc.name}, raised psycopg's {_first_line(outcome[1])} (exc.orig, the"
+                          " driver's exception SQLAlchemy wrapped), not SQLAlchemy's error: the application's callers"
+                          " catch sqlalchemy.exc.DBAPIError (IntegrityError, OperationalError), and it no longer"
+                          " reaches them.", "re-raise the error you caught with a bare `raise` (or raise yours"
+                          " `from` it), not exc.orig")
     wanted = {"commit": "40001", "40001": "40001"}.get(sc.failure, sc.failure)
     if wanted not in _sqlstates(outcome[1]):
         raise CheckFailed(f"{call}, with {sc.name}, raised {_first_line(outcome[1])}; the database error"
@@ -812,7 +927,7 @@ def with_retry(fn) -> None:
             _sql.Identifier(SCHEMA, "oncall")))
         engine = _engine(pool_tag, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT,
                          isolation_level="SERIALIZABLE")
-        maker = sessionmaker(engine)
+        maker = sessionmaker(engine, info={MAKER_MARK: True})
         value = _sql.SQL("SELECT value FROM {} WHERE id = 1").format(_sql.Identifier(SCHEMA, "counter"))
         try:
             with learner_env(tag), check_connect(autocommit=True) as other:
@@ -852,5 +967,5 @@ def with_retry(fn) -> None:
             engine.dispose()
             _end_sessions(admin, tag, pool_tag)
     passed(3, "serialization failures and deadlocks retried in a new session each time, also when COMMIT failed,"
-              " at most `attempts` times, then raised; unique violations, lock timeouts and Python errors raised"
-              " at once; every connection back in the pool.")
+              " at most `attempts` times, then raised; unique violations, lock timeouts, another class 40 code"
+              " and Python errors raised at once; every connection back in the pool.")
