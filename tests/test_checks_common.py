@@ -306,3 +306,12 @@ def test_trace_sees_values_pasted_into_sql_and_not_parameters():
             pytest.skip("psycopg traces libpq only on Linux")
         assert "SELECT $1::int" in sent and "SELECT 737373" in sent
         assert not any("424242" in s for s in sent)
+
+
+def test_query_text_reads_strings_bytes_and_compositions():
+    from psycopg import sql
+
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn, conn.cursor() as cur:
+        assert checks.query_text(sql.SQL("SELECT {}").format(sql.Identifier("a b")), cur) == 'SELECT "a b"'
+    assert checks.query_text(b"SELECT 1", None) == "SELECT 1"
+    assert checks.query_text("SELECT 2", None) == "SELECT 2"

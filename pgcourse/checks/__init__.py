@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from ..sessions import client_ports
 
@@ -72,6 +73,15 @@ class CheckFailed(_Message, AssertionError):
 class _TimeLimit(BaseException):
     """Raised inside the learner's thread when its time is up (never seen by the learner)."""
 
+
+def query_text(query, cur) -> str:
+    """The SQL text a cursor was given (a string, bytes, or a psycopg.sql composition), for a verdict."""
+    if isinstance(query, psycopg.sql.Composable):
+        with contextlib.suppress(Exception):
+            return query.as_string(cur)
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query).decode("utf-8", "replace")
+    return str(query)
 
 def database_url() -> str:
     url = os.environ.get("DATABASE_URL")

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
-from psycopg import sql as _sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -33,6 +32,7 @@ from . import (
     learner_env,
     new_tag,
     passed,
+    query_text,
     run,
     run_async,
     secrets_in,
@@ -202,7 +202,7 @@ def _counting_cursor(fetched: list) -> type[psycopg.Cursor]:
             result = super().execute(query, params, **kwargs)
             with contextlib.suppress(Exception):
                 if self.pgresult is not None and self.pgresult.ntuples > 1:
-                    fetched.append((_text_of(query, self), params, self.pgresult.ntuples))
+                    fetched.append((query_text(query, self), params, self.pgresult.ntuples))
             return result
 
         def stream(self, query, params=None, **kwargs):
@@ -213,18 +213,9 @@ def _counting_cursor(fetched: list) -> type[psycopg.Cursor]:
                     yield row
             finally:
                 if rows > 1:
-                    fetched.append((_text_of(query, self), params, rows))
+                    fetched.append((query_text(query, self), params, rows))
 
     return CountingCursor
-
-
-def _text_of(query, cur) -> str:
-    if isinstance(query, _sql.Composable):
-        with contextlib.suppress(Exception):
-            return query.as_string(cur)
-    if isinstance(query, (bytes, bytearray, memoryview)):
-        return bytes(query).decode("utf-8", "replace")
-    return str(query)
 
 
 def _judge_fetched(fetched: list) -> None:

@@ -32,6 +32,7 @@ from . import (
     learner_env,
     new_tag,
     passed,
+    query_text,
     run,
     sessions_of,
     stop_sessions,
@@ -482,7 +483,7 @@ def _counting_cursors(log: list[list]) -> tuple[type, type]:
 
     class CountingCursor(psycopg.Cursor):
         def execute(self, query, params=None, **kwargs):
-            entry = [_text_of(query, self), 0]
+            entry = [query_text(query, self), 0]
             log.append(entry)
             result = super().execute(query, params, **kwargs)
             with contextlib.suppress(Exception):
@@ -490,11 +491,11 @@ def _counting_cursors(log: list[list]) -> tuple[type, type]:
             return result
 
         def executemany(self, query, params_seq, **kwargs):
-            log.append([_text_of(query, self), 0])
+            log.append([query_text(query, self), 0])
             return super().executemany(query, params_seq, **kwargs)
 
         def stream(self, query, params=None, **kwargs):
-            entry = [_text_of(query, self), 0]
+            entry = [query_text(query, self), 0]
             log.append(entry)
             for row in super().stream(query, params, **kwargs):
                 entry[1] += 1
@@ -502,7 +503,7 @@ def _counting_cursors(log: list[list]) -> tuple[type, type]:
 
     class CountingServerCursor(psycopg.ServerCursor):
         def execute(self, query, params=None, **kwargs):
-            self._entry = [_text_of(query, self), 0]
+            self._entry = [query_text(query, self), 0]
             log.append(self._entry)
             return super().execute(query, params, **kwargs)
 
@@ -527,15 +528,6 @@ def _counting_cursors(log: list[list]) -> tuple[type, type]:
                 yield row
 
     return CountingCursor, CountingServerCursor
-
-
-def _text_of(query, cur) -> str:
-    if isinstance(query, _sql.Composable):
-        with contextlib.suppress(Exception):
-            return query.as_string(cur)
-    if isinstance(query, (bytes, bytearray, memoryview)):
-        return bytes(query).decode("utf-8", "replace")
-    return str(query)
 
 
 def _reference_totals(admin: psycopg.Connection, country: str, since: dt.datetime) -> tuple[list, int]:
