@@ -1,0 +1,176 @@
+"""The network lab: the delay it adds is the delay measured; a blackhole leaves the client waiting;
+a reset breaks connections; keepalives see a packet-level blackhole; closing leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pgcourse.netlab import NetLab, _route, packet_drop_supported
+
+
+@pytest.fixture(scope="module")
+def url(checks_database) -> str:
+    return os.environ["DATABASE_URL"]
+
+
+def _round_trip(conn: psycopg.Connection, n: int = 7) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        conn.execute("SELECT 1")
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _server_sessions(url: str, app: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchone()[0]
+
+
+def test_route_keeps_everything_but_host_and_port():
+    assert _route("postgresql://u:p%40ss@db.example:5432/shop?sslmode=require", "127.0.0.1", 7000) == (
+        "postgresql://u:p%40ss@127.0.0.1:7000/shop?sslmode=require"
+    )
+    assert _route("postgresql:///shop", "127.0.0.1", 7000) == "postgresql://127.0.0.1:7000/shop"
+    routed = psycopg.conninfo.conninfo_to_dict(_route("host=db port=5432 dbname=shop user=u", "127.0.0.1", 7000))
+    assert routed == {"host": "127.0.0.1", "port": "7000", "dbname": "shop", "user": "u"}
+
+
+@pytest.mark.parametrize("latency_ms", [10, 25])
+def test_a_round_trip_grows_by_twice_the_latency(url, latency_ms):
+    with NetLab(url) as lab, psycopg.connect(lab.url, autocommit=True) as conn:
+        base = _round_trip(conn)
+        lab.latency_ms = latency_ms
+        added = _round_trip(conn) - base
+    expected = 2 * latency_ms / 1000
+    assert 0.9 * expected <= added <= expected + 0.02, f"added {added * 1000:.1f} ms, expected about {expected * 1000:.0f} ms"
+
+
+def test_a_connect_pays_several_round_trips(url):
+    with NetLab(url, latency_ms=10) as lab:
+        start = time.perf_counter()
+        psycopg.connect(lab.url).close()
+        elapsed = time.perf_counter() - start
+    # TCP handshake + at least the startup and the password exchange: 3 round trips or more
+    assert elapsed >= 3 * 0.020
+
+
+def test_a_blackhole_leaves_the_client_waiting_until_healed(url):
+    with NetLab(url) as lab, psycopg.connect(lab.url, autocommit=True) as conn:
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(conn.execute("SELECT 42").fetchone()[0]))
+        with lab.blackhole():
+            assert lab.blackholed
+            thread.start()
+            thread.join(1.5)
+            assert thread.is_alive() and result == [], "the query finished through a blackhole"
+        thread.join(5)
+        assert result == [42], "the held query did not finish after heal()"
+        assert not lab.blackholed
+
+
+@pytest.mark.parametrize("packet_level", [False, None])
+def test_connect_timeout_ends_a_connect_into_a_blackhole(url, packet_level):
+    with NetLab(url, packet_level=packet_level) as lab, lab.blackhole():
+        start = time.perf_counter()
+        with pytest.raises(psycopg.OperationalError, match="timeout"):
+            psycopg.connect(lab.url, connect_timeout=2)
+        assert 1.5 <= time.perf_counter() - start < 6
+
+
+def test_reset_breaks_open_connections_and_new_ones_work(url):
+    with NetLab(url) as lab:
+        with psycopg.connect(lab.url, autocommit=True) as conn:
+            lab.reset()
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+        with psycopg.connect(lab.url, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_close_leaves_no_server_session(url):
+    app = "netlab-close-test"
+    lab = NetLab(url).start()
+    conn = psycopg.connect(lab.url, application_name=app, autocommit=True)
+    assert _server_sessions(url, app) == 1
+    lab.close()
+    deadline = time.monotonic() + 5
+    while _server_sessions(url, app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _server_sessions(url, app) == 0
+    conn.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        lab.blackhole()
+
+
+def test_without_packet_drop_keepalives_cannot_see_the_blackhole(url):
+    """The proxy's kernel still answers every probe: only a deadline kept by the client helps."""
+    opts = dict(keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2, tcp_user_timeout=2000)
+    with NetLab(url, packet_level=False) as lab, psycopg.connect(lab.url, autocommit=True, **opts) as conn:
+        failed: list = []
+
+        def query():
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.OperationalError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=query)
+        with lab.blackhole():
+            thread.start()
+            thread.join(5)
+            assert thread.is_alive() and not failed
+        thread.join(5)
+        assert not failed
+
+
+needs_packet_drop = pytest.mark.skipif(
+    not packet_drop_supported(), reason="this process may not drop packets (Linux socket filters)"
+)
+
+
+def _query_in_thread(conn: psycopg.Connection, wait: float) -> tuple[list, float]:
+    """Run SELECT 1 in a thread for at most `wait` seconds: (errors it raised, seconds it took)."""
+    failed: list = []
+
+    def query():
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            failed.append(exc)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=query, daemon=True)
+    thread.start()
+    thread.join(wait)
+    return failed, time.perf_counter() - start
+
+
+@needs_packet_drop
+def test_with_packet_drop_tcp_user_timeout_ends_a_query_in_flight(url):
+    with NetLab(url) as lab:
+        assert lab.packet_level
+        with psycopg.connect(lab.url, autocommit=True, tcp_user_timeout=2000) as conn, lab.blackhole():
+            failed, elapsed = _query_in_thread(conn, 15)
+    assert failed, "the query through a dropped path never failed"
+    assert 1.5 <= elapsed < 12
+
+
+@needs_packet_drop
+@pytest.mark.parametrize("keepalives", [True, False])
+def test_with_packet_drop_keepalives_end_an_idle_connection(url, keepalives):
+    opts = dict(keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2) if keepalives else {}
+    with NetLab(url) as lab, psycopg.connect(lab.url, autocommit=True, **opts) as conn:
+        with lab.blackhole():
+            time.sleep(5)  # idle: 1 s before the first probe, 2 unanswered probes 1 s apart
+        failed, elapsed = _query_in_thread(conn, 5)
+    if keepalives:
+        assert failed and elapsed < 2, "keepalives did not end the connection during the outage"
+    else:
+        assert not failed and elapsed < 2, "without keepalives the idle connection should survive the outage"
