@@ -53,7 +53,9 @@ _DROP_PROG = _SockFprog(1, ctypes.cast(_DROP_ALL, ctypes.POINTER(_SockFilter)))
 
 def _drop_packets(sock: socket.socket) -> None:
     """Make the kernel discard every packet arriving for `sock` (no ACK is sent for them)."""
-    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.string_at(ctypes.addressof(_DROP_PROG), ctypes.sizeof(_DROP_PROG)))
+    sock.setsockopt(
+        socket.SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.string_at(ctypes.addressof(_DROP_PROG), ctypes.sizeof(_DROP_PROG))
+    )
 
 
 def _accept_packets(sock: socket.socket) -> None:

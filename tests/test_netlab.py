@@ -49,7 +49,9 @@ def test_a_round_trip_grows_by_twice_the_latency(url, latency_ms):
         lab.latency_ms = latency_ms
         added = _round_trip(conn) - base
     expected = 2 * latency_ms / 1000
-    assert 0.9 * expected <= added <= expected + 0.02, f"added {added * 1000:.1f} ms, expected about {expected * 1000:.0f} ms"
+    assert 0.9 * expected <= added <= expected + 0.02, (
+        f"added {added * 1000:.1f} ms, expected about {expected * 1000:.0f} ms"
+    )
 
 
 def test_a_connect_pays_several_round_trips(url):
