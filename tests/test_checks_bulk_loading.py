@@ -471,6 +471,40 @@ def upsert_last_line_even_invalid(conn, path):  # an invalid last line hides an 
     return rejected
 
 
+CONVERTS = """CREATE OR REPLACE FUNCTION pg_temp.converts(value text, type {}) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT %L::%s', value, type);
+    RETURN true;
+EXCEPTION WHEN others THEN
+    RETURN false;
+END $$"""
+
+
+def _upsert_with_converts(conn, path, type_):  # the lesson's first edition: "does the text convert to the type?"
+    conn.execute(CONVERTS.format(type_))
+    valid = ("pg_temp.converts(sku, 'text') AND pg_temp.converts(name, 'text') AND CASE WHEN price ~ '^[0-9]+([.][0-9]{1,2})?$'"
+             " AND pg_temp.converts(price, 'numeric(10,2)') THEN price::numeric > 0 ELSE false END")
+    return upsert(conn, path, valid=valid)
+
+
+def upsert_converts_regtype(conn, path):  # regtype drops the (10,2), and a NULL converts to anything
+    return _upsert_with_converts(conn, path, "regtype")
+
+
+def upsert_converts_keeps_typmod(conn, path):  # the type as text keeps the (10,2); a NULL still converts
+    return _upsert_with_converts(conn, path, "text")
+
+
+def upsert_typmod_but_not_null(conn, path):  # range right, but `sku <> ''` is NULL for an empty field: dropped silently
+    valid = VALID.replace("coalesce(sku, '') <> ''", "sku <> ''").replace("coalesce(name, '') <> ''", "name <> ''")
+    with conn.transaction(), conn.cursor() as cur:
+        _stage(cur, path, "drop")
+        rejected = [line + 1 for (line,) in cur.execute(f"SELECT line FROM staging WHERE NOT ({valid}) ORDER BY line")]
+        cur.execute(f"INSERT INTO prices SELECT DISTINCT ON (sku) sku, name, price::numeric FROM staging WHERE {valid}"
+                    " ORDER BY sku, line DESC ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
+    return rejected
+
+
 def upsert_returns_none_when_clean(conn, path):
     return upsert(conn, path) or None
 
@@ -575,10 +609,19 @@ UPSERT_REJECTS = [
     (upsert_unbounded_regex, ["NumericValueOutOfRange", "below 100,000,000"]),
     (upsert_three_decimals, ["rejected lines", "price '12.505'"]),
     (upsert_cast_validation, ["rejected lines", r"price '(1e3|12\.505| 12\.50 |\+5\.00)'"]),
-    (upsert_null_price_slips_through, ["rejected lines", "price ''"]),
+    (upsert_null_price_slips_through, ["rejected lines", r"[Ll]ine 14 \(price\) has an empty field, which COPY reads as NULL",
+                                       "reject it explicitly"]),
     (upsert_name_not_checked, ["NotNullViolation", "decide which are valid before casting"]),
     (upsert_last_line_even_invalid, ["P0003 is", "last valid line wins"]),
     (upsert_null_only_for_sku_and_name, ["rejected lines"]),
+    (upsert_converts_regtype, ["NumericValueOutOfRange", r"lines 49 and 53 hold prices too large for numeric\(10,2\)"
+                               r" \('123456789\.50', '12345678901\.5'\)", r"line 23 \(sku\)", r"line 57 \(name\)",
+                               "empty fields, which COPY reads as NULL", "test the range yourself", "below 100,000,000"]),
+    (upsert_converts_keeps_typmod, ["NotNullViolation", r"line 23 \(sku\)", r"line 57 \(name\)",
+                                    "empty fields, which COPY reads as NULL", "reject it explicitly"]),
+    (upsert_typmod_but_not_null, ["rejected lines", r"missing \[23, 57\]", r"[Ll]ine 23 \(sku\) and line 57 \(name\)"
+                                  " have empty fields, which COPY reads as NULL", "neither moved nor reported",
+                                  "reject it explicitly"]),
     (upsert_returns_none_when_clean, ["returned None", "an empty list"]),
     (upsert_returns_strings, ["list of int"]),
     (upsert_row_by_row, [r"as parameters of \d+ statement", "staging table"]),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 import time
 from decimal import Decimal
+from time import sleep
 
 import psycopg
 import pytest
@@ -500,7 +502,20 @@ def test_the_unlocked_transfer_is_right_when_run_alone():
 
 # --- exercise 2: with_retry ----------------------------------------------------------------------
 
-def retry(conn, work, attempts):
+def retry(conn, work, attempts):  # the solution's: 40001 and 40P01, a growing wait, capped, with jitter
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+            if attempt == attempts:
+                raise
+            time.sleep(min(0.5, 0.005 * 2**attempt) * random.uniform(0.5, 1.5))
+
+
+def retry_uncapped(conn, work, attempts):  # the first edition's solution: the wait doubles for ever
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():
@@ -513,6 +528,33 @@ def retry(conn, work, attempts):
             time.sleep(0.005 * 2**attempt * random.uniform(0.5, 1.5))
 
 
+def retry_event_wait(conn, work, attempts):  # waits without time.sleep: the check cannot see the cap
+    stop = threading.Event()
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            stop.wait(min(0.05, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
+
+
+def retry_sleep_imported(conn, work, attempts):  # right: `from time import sleep`, a cap applied after the jitter
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            sleep(min(1.5, 0.005 * 2**attempt * random.uniform(0.5, 1.5)))
+
+
 def retry_full_jitter(conn, work, attempts):  # right: AWS-style full jitter, sqlstate test, isolation_level property
     conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     try:
@@ -523,7 +565,7 @@ def retry_full_jitter(conn, work, attempts):  # right: AWS-style full jitter, sq
             except psycopg.Error as exc:
                 if exc.sqlstate != "40001" or attempt == attempts - 1:
                     raise
-            time.sleep(random.uniform(0, 0.005 * 2 ** (attempt + 1)))
+            time.sleep(random.uniform(0, min(1.0, 0.005 * 2 ** (attempt + 1))))
     finally:
         conn.isolation_level = None
 
@@ -544,7 +586,7 @@ def retry_own_error_and_deadlocks(conn, work, attempts):  # right: retries 40P01
             if attempt == attempts:
                 raise GaveUp(f"gave up after {attempts} attempts") from exc
         time.sleep(delay * random.uniform(0.8, 1.2))
-        delay *= 2
+        delay = min(1.0, delay * 2)
 
 
 def retry_linear_capped(conn, work, attempts):  # right: linear growth with a cap the test never reaches
@@ -571,7 +613,7 @@ def retry_while_loop(conn, work, attempts):  # right: a while loop, additive jit
         except psycopg.errors.SerializationFailure:
             if tries >= attempts:
                 raise
-            time.sleep(0.01 * 2 ** tries + random.uniform(0, 0.01))
+            time.sleep(min(1.0, 0.01 * 2 ** tries) + random.uniform(0, 0.01))
 
 
 def retry_never(conn, work, attempts):
@@ -784,7 +826,7 @@ def test_with_retry_passes_the_solution_and_stops_the_stub(capsys):
 
 
 @pytest.mark.parametrize("right", [retry_full_jitter, retry_own_error_and_deadlocks, retry_linear_capped,
-                                   retry_while_loop])
+                                   retry_while_loop, retry_sleep_imported])
 def test_with_retry_accepts_right_alternatives(right, capsys):
     checks.with_retry(right)
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -811,6 +853,8 @@ def test_with_retry_accepts_right_alternatives(right, capsys):
     (retry_wraps_other_errors, "raised RuntimeError: work failed instead"),
     (retry_manual_no_rollback, "failed transaction|InFailedSqlTransaction"),
     (retry_operational_error, "(?s)lock timeout .*55P03.* 4 times.*OperationalError"),
+    (retry_uncapped, r"(?s)asked time.sleep for [\d,.]+ s before retry \d+.*no single wait may exceed 2 s.*cap the wait"),
+    (retry_event_wait, "saw 0 call\\(s\\) of time.sleep"),
 ])
 def test_with_retry_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.with_retry, wrong, said)

@@ -453,6 +453,60 @@ def _product(row: tuple[str, Decimal] | None) -> str:
     return "missing" if row is None else f"({row[0]!r}, {row[1]})"
 
 
+PRICE_FORMAT = re.compile(r"[0-9]+([.][0-9]{1,2})?")  # the task's rule for how a price is written
+
+
+def _trap(line: tuple[str, str, str, bool]) -> tuple[str, str] | None:
+    """(kind, what) for an invalid line that a cast lets through yet prices refuses; None for any other line.
+
+    Two kinds: "range", a price written right but too large for numeric(10,2) (a cast to plain numeric, or
+    through regtype, which drops the (10,2), accepts it); "null", an empty required field (COPY's CSV format
+    reads an unquoted empty field as NULL, a NULL passes every cast, and `x <> ''` is then NULL).
+    """
+    sku, name, price, ok = line
+    if ok:
+        return None
+    empty = [field for field, value in (("sku", sku), ("name", name), ("price", price)) if value == ""]
+    if empty:
+        return "null", ", ".join(empty[:-1]) + " and " + empty[-1] if len(empty) > 1 else empty[0]
+    if PRICE_FORMAT.fullmatch(price) and Decimal(price) >= 100_000_000:
+        return "range", repr(price)
+    return None
+
+
+def _lines(numbers: list[int]) -> str:
+    return (f"line {numbers[0]}" if len(numbers) == 1 else
+            f"lines {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}")
+
+
+def _traps(lines: list[tuple[str, str, str, bool]], numbers: list[int] | None = None) -> str:
+    """The lines (all, or those numbered) that look valid to a cast yet prices refuses, grouped by kind, each
+    kind with what to do; '' when there are none."""
+    found: dict[str, list[tuple[int, str]]] = {"range": [], "null": []}
+    for n, line in enumerate(lines, start=2):
+        if (numbers is None or n in numbers) and (trap := _trap(line)):
+            found[trap[0]].append((n, trap[1]))
+    parts = []
+    if found["range"]:
+        ns, prices = [n for n, _ in found["range"]], [p for _, p in found["range"]]
+        parts.append(f"{_lines(ns)} {'holds a price' if len(ns) == 1 else 'hold prices'} too large for numeric(10,2)"
+                     f" ({', '.join(prices)}), which a cast to plain numeric, or through a regtype (it drops the"
+                     " (10,2)), accepts: test the range yourself (below 100,000,000)")
+    if found["null"]:
+        empty = [f"line {n} ({fields})" for n, fields in found["null"]]
+        field = found["null"][0][1].split(",")[0].split(" ")[0]  # the first line's first empty field, as an example
+        parts.append(f"{', '.join(empty[:-1]) + ' and ' + empty[-1] if len(empty) > 1 else empty[0]}"
+                     f" {'has an empty field' if len(empty) == 1 else 'have empty fields'}, which COPY reads as NULL: a"
+                     f" NULL passes any cast, and a test such as `{field} <> ''` is then NULL, neither true nor false (the"
+                     f" line is neither moved nor reported): reject it explicitly, e.g. coalesce({field}, '') <> ''")
+    return "; ".join(parts)
+
+
+def _shown(value: str) -> str:
+    """A field of the file as the learner sees it: the quoted empty field written `""`, not the marker."""
+    return '""' if value == QUOTED_EMPTY else repr(value)
+
+
 def _upsert_hint(exc: BaseException) -> str:
     if isinstance(exc, psycopg.errors.CardinalityViolation):
         return ("a sku that appears on several lines must reach ON CONFLICT once: keep its last valid line"
@@ -490,7 +544,12 @@ def upsert_prices(fn) -> None:
                     returned = ex.call(2, fn, conn, str(path), allowed=(psycopg.Error,))
                 except psycopg.Error as exc:
                     first = _first_line(exc)
-                    raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}", _upsert_hint(exc)) from None
+                    traps = (_traps(lines) if isinstance(exc, (psycopg.errors.NumericValueOutOfRange,
+                                                               psycopg.errors.NotNullViolation)) else "")
+                    raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}"
+                                      + (f". Lines of this file that a cast lets through but prices refuses: {traps}."
+                                         if traps else ""),
+                                      _upsert_hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
                 raise left
             recorded = admin.execute("SELECT op, query FROM exercise05.statements").fetchall()
@@ -513,11 +572,14 @@ def upsert_prices(fn) -> None:
                                   "collect the line numbers into a list, e.g. [line for (line,) in cur.execute(...)]")
             if sorted(returned) != rejected:
                 missed, extra = sorted(set(rejected) - set(returned)), sorted(set(returned) - set(rejected))
-                shown = {n: lines[n - 2][:3] for n in (missed + extra)[:1] if 2 <= n < len(lines) + 2}
-                detail = "; ".join(f"line {n} is sku {s!r}, name {nm!r}, price {p!r}" for n, (s, nm, p) in shown.items())
+                # every missed line a cast lets through is named with what to do; else the first line that differs
+                others = [n for n in missed + extra if 2 <= n < len(lines) + 2 and not (n in missed and _trap(lines[n - 2]))]
+                detail = "; ".join([*(f"line {n} is sku {_shown(s)}, name {_shown(nm)}, price {_shown(p)}"
+                                      for n in others[:1] for s, nm, p, _ in [lines[n - 2]]),
+                                    *filter(None, [_traps(lines, missed)])])
                 raise CheckFailed(f"{call_text} returned {sorted(returned)} as the rejected lines; they are {rejected}"
                                   + (f" (missing {missed[:5]})" if missed else "") + (f" (valid, yet reported: {extra[:5]})" if extra else "")
-                                  + (f". {detail}." if detail else "."),
+                                  + (f". {detail[0].upper()}{detail[1:]}." if detail else "."),
                                   "number lines as a text editor does (the header is line 1), and apply every rule of the"
                                   " task: a price is digits, optionally a point and one or two digits, above 0 and below"
                                   " 100,000,000; sku and name must not be empty")

@@ -17,7 +17,9 @@ whose search_path points there, tagged with an application_name of their own. It
   note: the note must be written in its order's transaction; an order with a higher id exists already,
   so the highest id is not the new order's;
 - for the retry, real server errors raised inside the learner's transaction (RAISE ... USING
-  ERRCODE), and the time between attempts against a retry loop without waits run in the same check.
+  ERRCODE), the time between attempts against a retry loop without waits run in the same check, and
+  the cap on the wait: one run of many attempts with time.sleep recorded instead of slept (in the thread
+  that runs the learner's work only), so the seconds asked for are exact, and the run takes no time.
 """
 
 from __future__ import annotations
@@ -523,6 +525,67 @@ def _reference_gaps(conn: psycopg.Connection, attempts: int) -> list[float]:
     return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
+WAIT_CAP = 2.0  # seconds: the longest single wait the task allows, however many attempts
+CAP_ATTEMPTS = 16  # enough for any doubling from 0.1 ms up to pass the cap: 0.1 ms * 2 ** 15 = 3.3 s
+
+
+@contextmanager
+def _recorded_sleeps(fn) -> Iterator[tuple[list[float], list[int]]]:
+    """time.sleep (and the learner's own `sleep` name bound to it) recorded instead of slept, in the thread that
+    runs the learner's work only (its ident goes into the second list); every other thread sleeps as usual."""
+    real = time.sleep
+    asked: list[float] = []
+    worker: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() in worker:
+            asked.append(float(seconds))
+        else:
+            real(seconds)
+
+    names = [k for k, v in getattr(fn, "__globals__", {}).items() if v is real]
+    time.sleep = sleep
+    for k in names:
+        fn.__globals__[k] = sleep
+    try:
+        yield asked, worker
+    finally:
+        time.sleep = real
+        for k in names:
+            if fn.__globals__.get(k) is sleep:
+                fn.__globals__[k] = real
+
+
+def _judge_cap(fn, name: str, conn: psycopg.Connection, tag: str) -> None:
+    """Work that always fails, CAP_ATTEMPTS tries, the waits recorded rather than slept: none above WAIT_CAP."""
+    with _recorded_sleeps(fn) as (asked, worker):
+        work, calls = _counting(CONFLICT)
+
+        def tracked(conn: psycopg.Connection) -> None:
+            if not worker:
+                worker.append(threading.get_ident())
+            work(conn)
+
+        how, what = _retry_call(fn, conn, tracked, CAP_ATTEMPTS, tag, timeout=15 + CAP_ATTEMPTS * WAIT_CAP)
+    call = f"{name}(conn, work, {CAP_ATTEMPTS})"
+    if how == "returned" or len(calls) != CAP_ATTEMPTS:
+        raise CheckFailed(f"{call} with work that always fails with 40001 ran it {_times(len(calls))} and"
+                          f" {'returned' if how == 'returned' else 'raised'}.",
+                          "try at most `attempts` times in all, then raise the last error")
+    if len(asked) < CAP_ATTEMPTS - 1:
+        raise CheckFailed(f"{call} retried {CAP_ATTEMPTS - 1} times, and the check saw {len(asked)} call(s) of"
+                          " time.sleep, so it could not see how long your waits were.",
+                          "wait with time.sleep(seconds) before each retry (not another kind of wait)")
+    longest = max(asked)
+    if longest > WAIT_CAP:
+        at = asked.index(longest) + 1
+        raise CheckFailed(f"{call} asked time.sleep for {longest:,.2f} s before retry {at} (the check recorded the"
+                          f" waits instead of sleeping them); no single wait may exceed {WAIT_CAP:g} s, however many"
+                          " attempts the caller allows.",
+                          "cap the wait: min(cap, base * 2 ** attempt), then the random factor (a cap of about half a"
+                          " second is usual)")
+
+
 def with_retry(fn) -> None:
     """Exercise 2: fn(conn, work, attempts) runs work(conn) SERIALIZABLE, retrying 40001 (and, if it likes,
     40P01) at most `attempts` times in all with a growing wait; re-raises the last; nothing else retried."""
@@ -659,8 +722,10 @@ def with_retry(fn) -> None:
                                                              f"raised {_first_line(what)}."),
                               "retrying a deadlock is allowed, but at most `attempts` times in all, and the last"
                               " error must propagate")
-    passed(2, "90 contended increments all counted; at most `attempts` tries, with a growing wait, then the 40001"
-              " raised; other errors raised at once, not retried.")
+        _judge_cap(fn, name, conn, tables.tag)
+    passed(2, "90 contended increments all counted; at most `attempts` tries, with a growing wait that stays under"
+              f" its cap ({CAP_ATTEMPTS} attempts, no wait above {WAIT_CAP:g} s), then the 40001 raised; other errors"
+              " raised at once, not retried.")
 
 
 # --- exercise 3: place_order_with_note -----------------------------------------------------------
