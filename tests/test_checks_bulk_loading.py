@@ -8,9 +8,12 @@ import csv
 import os
 import re
 import sys
+import tempfile
 import time
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
+import nbformat
 import psycopg
 import pytest
 from psycopg import sql
@@ -644,6 +647,31 @@ def test_upsert_prices_rejects(fn, said):
 def test_upsert_prices_accepts(fn, capsys):
     checks.upsert_prices(fn)
     assert "Exercise 2 passed" in capsys.readouterr().out
+
+
+def _solution(name):
+    """The answer as the solutions notebook writes it (its cell defining `name`), run here as the learner runs it."""
+    notebook = Path(__file__).resolve().parents[1] / "solutions" / "05_bulk_loading_exercises.ipynb"
+    source = next(c.source for c in nbformat.read(notebook, as_version=4).cells if c.source.startswith(f"def {name}("))
+    namespace = {"psycopg": psycopg}
+    exec(source, namespace)  # noqa: S102 - the course's own solution cell
+    return namespace[name]
+
+
+def test_upsert_prices_accepts_the_solutions_notebook_answer(capsys):
+    """Its validation catches both kinds of line a cast lets through, without pg_input_is_valid (16+)."""
+    answer = _solution("upsert_prices")
+    checks.upsert_prices(answer)
+    assert "Exercise 2 passed" in capsys.readouterr().out
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE prices (sku text PRIMARY KEY, name text NOT NULL,"
+                     " price numeric(10,2) NOT NULL CHECK (price > 0))")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "traps.csv"
+            path.write_text('sku,name,price\nP1,ok,99999999.99\nP2,too large,123456789.50\n,no sku,1.00\nP3,,1.00\n'
+                            'P4,no price,\nP5,"",1.00\n', encoding="utf-8")
+            assert answer(conn, str(path)) == [3, 4, 5, 6, 7]
+        assert conn.execute("SELECT sku, price FROM prices").fetchall() == [("P1", Decimal("99999999.99"))]
 
 
 # Exercise 3: export a query to CSV

@@ -3,13 +3,17 @@ the right alternatives."""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from time import sleep
 
+import nbformat
 import psycopg
 import pytest
 from psycopg import sql
@@ -858,6 +862,33 @@ def test_with_retry_accepts_right_alternatives(right, capsys):
 ])
 def test_with_retry_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.with_retry, wrong, said)
+
+
+def _solution(name):
+    """The answer as the solutions notebook writes it (its cell defining `name`), run as the learner runs it."""
+    notebook = Path(__file__).resolve().parents[1] / "solutions" / "04_transactions_exercises.ipynb"
+    source = next(c.source for c in nbformat.read(notebook, as_version=4).cells if c.source.startswith(f"def {name}("))
+    namespace = {"psycopg": psycopg, "time": time, "random": random, "Callable": Callable}
+    exec(source, namespace)  # noqa: S102 - the course's own solution cell
+    return namespace[name]
+
+
+def test_the_solutions_notebook_retries_deadlocks_with_a_capped_growing_wait(capsys, monkeypatch):
+    answer = _solution("with_retry")
+    checks.with_retry(answer)
+    assert "Exercise 2 passed" in capsys.readouterr().out
+    calls, waits = [], []
+    monkeypatch.setattr(time, "sleep", waits.append)
+
+    def deadlocked(conn):
+        calls.append(1)
+        conn.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock forced by the test' USING ERRCODE = '40P01'; END $$")
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DeadlockDetected):
+            answer(conn, deadlocked, 12)
+    assert len(calls) == 12 and len(waits) == 11
+    assert max(waits) <= 0.75 and waits[5] > waits[0]  # capped at 0.5 s times at most 1.5, growing before the cap
 
 
 # --- exercise 3: place_order_with_note -----------------------------------------------------------
