@@ -602,12 +602,65 @@ def upsert_swallows(conn, path):
         return []
 
 
+def upsert_digit_count_regex(conn, path):  # `[0-9]{1,8}` for the range: refuses a valid 000000012.50
+    return upsert(conn, path, valid=VALID.replace("[0-9]+", "[0-9]{1,8}").replace(" AND price::numeric < 100000000", ""))
+
+
+def upsert_loose_point(conn, path):  # digits and a point each optional: takes '7.' and '.5' (both cast)
+    return upsert(conn, path, valid=VALID.replace("^[0-9]+([.][0-9]{1,2})?$", "^[0-9]*[.]?[0-9]{0,2}$")
+                  .replace("THEN price::numeric > 0", "THEN price NOT IN ('', '.') AND price::numeric > 0"))
+
+
+def _upsert_python_checked(conn, path, pattern, match):  # decided in Python, valid rows sent by write_row
+    with open(path, newline="", encoding="utf-8") as source:
+        lines = list(enumerate(csv.reader(source), start=1))[1:]
+    def ok(sku, name, price):
+        return bool(sku and name and match(pattern, price)) and 0 < Decimal(price) < 100_000_000
+    rejected = [n for n, row in lines if not ok(*row)]
+    last = {row[0]: row for n, row in lines if n not in rejected}
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE incoming (sku text, name text, price numeric) ON COMMIT DROP")
+        with cur.copy("COPY incoming FROM STDIN") as copy:
+            for row in last.values():
+                copy.write_row(row)
+        cur.execute("INSERT INTO prices SELECT * FROM incoming"
+                    " ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
+    return rejected
+
+
+def upsert_python_dollar(conn, path):  # re.match with `$`: '12.50\n' passes (`$` matches before a final newline)
+    return _upsert_python_checked(conn, path, r"^[0-9]+([.][0-9]{1,2})?$", re.match)
+
+
+def upsert_python_backslash_d(conn, path):  # \d takes other scripts' digits, which Decimal reads and the server does not
+    return _upsert_python_checked(conn, path, r"\d+([.]\d{1,2})?", re.fullmatch)
+
+
+def upsert_on_commit_drop_in_autocommit(conn, path):  # no transaction: the staging table is gone once CREATE ends
+    with conn.cursor() as cur:
+        _stage(cur, path, "drop")
+        rejected = [line + 1 for (line,) in cur.execute(f"SELECT line FROM staging WHERE NOT ({VALID}) ORDER BY line")]
+        cur.execute(f"INSERT INTO prices SELECT DISTINCT ON (sku) sku, name, price::numeric FROM staging WHERE {VALID}"
+                    " ORDER BY sku, line DESC ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
+    return rejected
+
+
+def upsert_without_positive(conn, path):  # no `> 0`: prices' CHECK refuses '0' and '0.00'
+    return upsert(conn, path, valid=VALID.replace("price::numeric > 0 AND ", ""))
+
+
+def upsert_reports_nothing(conn, path):  # upserts right, reports no line
+    upsert(conn, path)
+    return []
+
+
 UPSERT_REJECTS = [
     (upsert_do_nothing, ["P0001 is", "DO UPDATE"]),
     (upsert_first_line_wins, ["P0002 is", "last valid line wins"]),
     (upsert_leaves_permanent_staging, ["left exercise05.staging behind", "ON COMMIT DROP"]),
     (upsert_leaves_temp_staging, ["left temporary staging behind"]),
-    (upsert_zero_based_lines, ["as the rejected lines", "header is line 1"]),
+    (upsert_zero_based_lines, ["as the rejected lines", "one less than the right one", "off by one",
+                                "header is line 1"]),
     (upsert_without_distinct, ["CardinalityViolation", "DISTINCT ON"]),
     (upsert_unbounded_regex, ["NumericValueOutOfRange", "below 100,000,000"]),
     (upsert_three_decimals, ["rejected lines", "price '12.505'"]),
@@ -629,11 +682,22 @@ UPSERT_REJECTS = [
     (upsert_returns_strings, ["list of int"]),
     (upsert_row_by_row, [r"as parameters of \d+ statement", "staging table"]),
     (upsert_fstring, ["written into the SQL text"]),
-    (upsert_per_line_from_staging, [r"received \d+ statements that wrote the table", "one INSERT ... SELECT"]),
+    (upsert_per_line_from_staging, [r"received \d+ statements that wrote the table", "one statement per row",
+                                     "one INSERT ... SELECT"]),
     (upsert_rewrites_the_table, ["removed rows from prices \\(TRUNCATE\\)", "ON CONFLICT"]),
     (upsert_copy_straight_in, ["UniqueViolation", "COPY only inserts"]),
     (upsert_leaves_temp_and_fails_next_time, ["left temporary staging behind"]),
-    (upsert_swallows, ["returned \\[\\] as the rejected lines"]),
+    (upsert_swallows, ["returned \\[\\] as the rejected lines", "prices was not changed",
+                       "catch an exception and hide it"]),
+    (upsert_digit_count_regex, [r"valid, yet reported: \[7\]", "'000000012.50'", "leading zeros"]),
+    (upsert_loose_point, [r"missing \[8, 9\]", "price '7.'", "a digit on each side of the point"]),
+    (upsert_python_dollar, [r"missing \[11\]", r"price '12\.50\\n'", "re.fullmatch"]),
+    (upsert_python_backslash_d, ["InvalidTextRepresentation", "digits 0 to 9", r"\[0-9\]"]),
+    (upsert_on_commit_drop_in_autocommit, ["UndefinedTable", "ON COMMIT DROP", "autocommit",
+                                           "with conn.transaction"]),
+    (upsert_without_positive, ["CheckViolation", r"lines 28 and 32 hold prices of zero \('0', '0.00'\)",
+                               "above 0"]),
+    (upsert_reports_nothing, [r"missing \[5, 10, 14, 19, 23\] and 11 more"]),
 ]
 
 

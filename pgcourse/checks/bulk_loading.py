@@ -199,7 +199,7 @@ def _how_values_travelled(wire: _Wire, statements: list[str], pattern: re.Patter
                            " (INSERT ... VALUES, executemany or arrays), not as COPY data.", hint_params)
     if len(statements) > max(10, rows // 100):
         return CheckFailed(f"The server received {len(statements)} statements that wrote the table, for {rows:,}"
-                           f" {what}: one round trip per row, or nearly.", hint_many)
+                           f" {what}: one statement per row, or nearly.", hint_many)
     return None
 
 
@@ -411,6 +411,13 @@ def _price_files() -> list[tuple[str, list[tuple[str, str, str, bool]]]]:
 
     third = [("P0070", "item 70", "free", False), ("", "", "", False), ("P0301", "item 301", "-0.01", False),
              (QUOTED_EMPTY, "a quoted empty sku", "3.00", False), ("P0302", QUOTED_EMPTY, "3.00", False)]
+    # appended, so that the lines above keep their numbers: leading zeros are digits; a point needs a digit on
+    # each side; [0-9] only (Python's \d also takes other scripts' digits); nothing after the price, not even a
+    # line break (Python's `$` matches before a final newline). The line break is the file's last record, so
+    # numbering records and numbering a text editor's lines agree on every line.
+    third += [("P0303", "item 303 (leading zeros)", "000000012.50", True), ("P0304", "item 304", "7.", False),
+              ("P0305", "item 305", ".5", False), ("P0306", "item 306", "\uff11\uff12.50", False),
+              ("P0307", "item 307", "12.50\n", False)]
     return [("prices-1.csv", first), ("prices-2.csv", second), ("prices-3.csv", third)]
 
 
@@ -471,6 +478,8 @@ def _trap(line: tuple[str, str, str, bool]) -> tuple[str, str] | None:
         return "null", ", ".join(empty[:-1]) + " and " + empty[-1] if len(empty) > 1 else empty[0]
     if PRICE_FORMAT.fullmatch(price) and Decimal(price) >= 100_000_000:
         return "range", repr(price)
+    if PRICE_FORMAT.fullmatch(price) and Decimal(price) == 0:
+        return "zero", repr(price)
     return None
 
 
@@ -479,12 +488,13 @@ def _lines(numbers: list[int]) -> str:
             f"lines {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}")
 
 
-def _traps(lines: list[tuple[str, str, str, bool]], numbers: list[int] | None = None) -> str:
+def _traps(lines: list[tuple[str, str, str, bool]], numbers: list[int] | None = None,
+           kinds: tuple[str, ...] = ("range", "null")) -> str:
     """The lines (all, or those numbered) that look valid to a cast yet prices refuses, grouped by kind, each
     kind with what to do; '' when there are none."""
-    found: dict[str, list[tuple[int, str]]] = {"range": [], "null": []}
+    found: dict[str, list[tuple[int, str]]] = {"range": [], "null": [], "zero": []}
     for n, line in enumerate(lines, start=2):
-        if (numbers is None or n in numbers) and (trap := _trap(line)):
+        if (numbers is None or n in numbers) and (trap := _trap(line)) and trap[0] in kinds:
             found[trap[0]].append((n, trap[1]))
     parts = []
     if found["range"]:
@@ -492,6 +502,11 @@ def _traps(lines: list[tuple[str, str, str, bool]], numbers: list[int] | None = 
         parts.append(f"{_lines(ns)} {'holds a price' if len(ns) == 1 else 'hold prices'} too large for numeric(10,2)"
                      f" ({', '.join(prices)}), which a cast to plain numeric, or through a regtype (it drops the"
                      " (10,2)), accepts: test the range yourself (below 100,000,000)")
+    if found["zero"]:
+        ns, prices = [n for n, _ in found["zero"]], [p for _, p in found["zero"]]
+        parts.append(f"{_lines(ns)} {'holds a price' if len(ns) == 1 else 'hold prices'} of zero ({', '.join(prices)}),"
+                     " written right and castable, but the task (and prices' CHECK) wants a price above 0: test"
+                     " price::numeric > 0 too")
     if found["null"]:
         empty = [f"line {n} ({fields})" for n, fields in found["null"]]
         field = found["null"][0][1].split(",")[0].split(" ")[0]  # the first line's first empty field, as an example
@@ -513,14 +528,75 @@ def _upsert_hint(exc: BaseException) -> str:
                 " (DISTINCT ON (sku) ... ORDER BY sku, line DESC)")
     if isinstance(exc, psycopg.errors.NumericValueOutOfRange):
         return "a price must also fit the column numeric(10,2), below 100,000,000: reject the line before any cast"
+    if isinstance(exc, psycopg.errors.CheckViolation) and "price" in str(exc):
+        return "a price must be above 0 (the task's rule, and prices' CHECK): reject 0 and 0.00 before the INSERT"
+    if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and not str(exc).isascii():
+        return ("a price is written with the digits 0 to 9 only: Python's \\d (and str.isdigit) also match other"
+                " scripts' digits, which the server does not read as numbers; write [0-9]")
     if isinstance(exc, (psycopg.errors.InvalidTextRepresentation, psycopg.errors.NotNullViolation,
                         psycopg.errors.CheckViolation)):
         return ("stage the raw lines as text, decide which are valid before casting anything, and move only those"
                 " (a cast of a bad line fails the whole statement)")
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return ("if your function created that table ON COMMIT DROP: in autocommit every statement is a transaction"
+                " of its own, so the table is dropped as soon as its CREATE ends; do the whole import inside"
+                " `with conn.transaction():`")
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return ("COPY only inserts: load into a staging table, then INSERT ... SELECT ... ON CONFLICT (sku) DO UPDATE"
                 " updates the products that exist")
     return _hint(exc)
+
+
+def _first(numbers: list[int], n: int = 5) -> str:
+    """The first n numbers, and how many more there are."""
+    more = f" and {len(numbers) - n} more" if len(numbers) > n else ""
+    return f"[{', '.join(map(str, numbers[:n]))}]{more}"
+
+
+LINES_HINT = ("number the file's records as lines, the header being line 1 and the first product line 2, and apply"
+              " every rule of the task: a price is the digits 0 to 9, optionally a point and one or two digits (a"
+              " digit on each side of the point, nothing before or after), above 0 and below 100,000,000; sku and"
+              " name must not be empty")
+
+
+def _why(price: str) -> str:
+    """What makes a price the task's rule decides, yet a common test gets wrong; '' for any other price."""
+    if price.endswith("\n"):
+        return (" (a line break after the price: Python's `$` also matches just before a final line break, so"
+                " re.match(r'^...$') takes it; use re.fullmatch, and [0-9])")
+    if not price.isascii():
+        return " (digits of another script: Python's \\d takes them, [0-9] does not)"
+    if re.fullmatch(r"[0-9]+[.]|[.][0-9]+", price):
+        return " (a point needs a digit on each side)"
+    if re.fullmatch(r"0+[1-9][0-9]*([.][0-9]{1,2})?", price) and Decimal(price) < 100_000_000:
+        return " (leading zeros are digits too: the price is valid however many digits it is written with)"
+    return ""
+
+
+def _wrong_lines(call_text: str, returned: list[int], rejected: list[int], lines: list[tuple[str, str, str, bool]],
+                 statements: list[str]) -> CheckFailed:
+    """The verdict when the returned line numbers are not the invalid lines: what differs, in the learner's terms."""
+    said = f"{call_text} returned {returned} as the rejected lines; they are {rejected}"
+    for shift in (-1, 1):
+        if returned and [n - shift for n in returned] == rejected:
+            return CheckFailed(f"{said}: every number you returned is one {'less' if shift < 0 else 'more'} than the"
+                               " right one, so your lines are off by one.",
+                               "the header is line 1, so the first product is line 2: with a staging column"
+                               " GENERATED ALWAYS AS IDENTITY (1 for the first product) report line + 1")
+    if not returned and not statements and rejected:
+        return CheckFailed(f"{said}, and prices was not changed: nothing wrote it. Did your function catch an"
+                           " exception and hide it?",
+                           "let errors propagate (no bare `except:` or `except Exception:` returning []): the"
+                           " check tells you what the error means")
+    missed, extra = sorted(set(rejected) - set(returned)), sorted(set(returned) - set(rejected))
+    # every missed line a cast lets through is named with what to do; else the first line that differs
+    others = [n for n in missed + extra if 2 <= n < len(lines) + 2 and not (n in missed and _trap(lines[n - 2]))]
+    detail = "; ".join([*(f"line {n} is sku {_shown(s)}, name {_shown(nm)}, price {_shown(p)}{_why(p)}"
+                          for n in others[:1] for s, nm, p, _ in [lines[n - 2]]),
+                        *filter(None, [_traps(lines, missed, kinds=("range", "null", "zero"))])])
+    return CheckFailed(said + (f" (missing {_first(missed)})" if missed else "")
+                       + (f" (valid, yet reported: {_first(extra)})" if extra else "")
+                       + (f". {detail[0].upper()}{detail[1:]}." if detail else "."), LINES_HINT)
 
 
 def upsert_prices(fn) -> None:
@@ -544,10 +620,12 @@ def upsert_prices(fn) -> None:
                     returned = ex.call(2, fn, conn, str(path), allowed=(psycopg.Error,))
                 except psycopg.Error as exc:
                     first = _first_line(exc)
-                    traps = (_traps(lines) if isinstance(exc, (psycopg.errors.NumericValueOutOfRange,
-                                                               psycopg.errors.NotNullViolation)) else "")
+                    traps = (_traps(lines, kinds=("zero",)) if isinstance(exc, psycopg.errors.CheckViolation)
+                             else _traps(lines) if isinstance(exc, (psycopg.errors.NumericValueOutOfRange,
+                                                                     psycopg.errors.NotNullViolation)) else "")
                     raise CheckFailed(f"{call_text} raised {type(exc).__name__}: {first}"
-                                      + (f". Lines of this file that a cast lets through but prices refuses: {traps}."
+                                      + (f". Lines of this file that a cast lets through but the task (and prices)"
+                                         f" refuses: {traps}."
                                          if traps else ""),
                                       _upsert_hint(exc)) from None
             if left := _learner_left_transaction(conn, call_text):
@@ -571,18 +649,7 @@ def upsert_prices(fn) -> None:
                                   " list of int" + (" (an empty list when every line is valid)." if not rejected else "."),
                                   "collect the line numbers into a list, e.g. [line for (line,) in cur.execute(...)]")
             if sorted(returned) != rejected:
-                missed, extra = sorted(set(rejected) - set(returned)), sorted(set(returned) - set(rejected))
-                # every missed line a cast lets through is named with what to do; else the first line that differs
-                others = [n for n in missed + extra if 2 <= n < len(lines) + 2 and not (n in missed and _trap(lines[n - 2]))]
-                detail = "; ".join([*(f"line {n} is sku {_shown(s)}, name {_shown(nm)}, price {_shown(p)}"
-                                      for n in others[:1] for s, nm, p, _ in [lines[n - 2]]),
-                                    *filter(None, [_traps(lines, missed)])])
-                raise CheckFailed(f"{call_text} returned {sorted(returned)} as the rejected lines; they are {rejected}"
-                                  + (f" (missing {missed[:5]})" if missed else "") + (f" (valid, yet reported: {extra[:5]})" if extra else "")
-                                  + (f". {detail[0].upper()}{detail[1:]}." if detail else "."),
-                                  "number lines as a text editor does (the header is line 1), and apply every rule of the"
-                                  " task: a price is digits, optionally a point and one or two digits, above 0 and below"
-                                  " 100,000,000; sku and name must not be empty")
+                raise _wrong_lines(call_text, sorted(returned), rejected, lines, statements)
             got = {sku: (nm, price) for sku, nm, price in admin.execute("SELECT * FROM exercise05.prices ORDER BY sku")}
             wrong = [sku for sku in sorted(set(final) | set(got)) if got.get(sku) != final.get(sku)]
             if wrong:
