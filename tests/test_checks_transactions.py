@@ -607,17 +607,20 @@ def retry_linear_capped(conn, work, attempts):  # right: linear growth with a ca
 
 
 def retry_while_loop(conn, work, attempts):  # right: a while loop, additive jitter, returns work's result
-    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            with conn.transaction():
-                return work(conn)
-        except psycopg.errors.SerializationFailure:
-            if tries >= attempts:
-                raise
-            time.sleep(min(1.0, 0.01 * 2 ** tries) + random.uniform(0, 0.01))
+    before, conn.isolation_level = conn.isolation_level, psycopg.IsolationLevel.SERIALIZABLE
+    try:
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except psycopg.errors.SerializationFailure:
+                if tries >= attempts:
+                    raise
+                time.sleep(min(1.0, 0.01 * 2 ** tries) + random.uniform(0, 0.01))
+    finally:
+        conn.isolation_level = before  # the level is put back: the caller's connection is left as it was
 
 
 def retry_never(conn, work, attempts):
@@ -822,6 +825,58 @@ def retry_manual_no_rollback(conn, work, attempts):  # autocommit off, retries w
             time.sleep(0.005 * 2**attempt)
 
 
+def retry_sleeps_after_last(conn, work, attempts):  # waits after the last failure too, then raises
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure as exc:
+            last = exc
+            time.sleep(min(0.5, 0.005 * 2**attempt))
+    raise last
+
+
+def retry_sleeps_before_first(conn, work, attempts):  # waits at the top of every pass, the first included
+    for attempt in range(attempts):
+        time.sleep(min(0.5, 0.005 * 2**attempt))
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt + 1 == attempts:
+                raise
+
+
+def retry_sets_session_isolation(conn, work, attempts):  # conn.isolation_level changed, never put back
+    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts:
+                raise
+            time.sleep(min(0.5, 0.005 * 2**attempt))
+
+
+def retry_attempts_minus_one(conn, work, attempts):  # range(1, attempts): with attempts=1 the work never runs
+    for attempt in range(1, attempts):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                work(conn)
+            return
+        except psycopg.errors.SerializationFailure:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.5, 0.005 * 2**attempt))
+
+
 def test_with_retry_passes_the_solution_and_stops_the_stub(capsys):
     checks.with_retry(retry)
     assert "Exercise 2 passed" in capsys.readouterr().out
@@ -840,7 +895,7 @@ def test_with_retry_accepts_right_alternatives(right, capsys):
     (retry_never, "escaped from retry_never"),
     (retry_read_committed, "isolation level read committed"),
     (retry_repeatable_read, "isolation level repeatable read"),
-    (retry_everything, "missing column .* 4 times"),
+    (retry_everything, "(?s)missing column .* 4 times.*DeadlockDetected.*40P01"),
     (retry_every_exception, "missing column .* 4 times"),
     (retry_by_message, "ran the work once, not 3 times"),
     (retry_by_text_everywhere, "could not serialize the report.* 4 times"),
@@ -859,6 +914,10 @@ def test_with_retry_accepts_right_alternatives(right, capsys):
     (retry_operational_error, "(?s)lock timeout .*55P03.* 4 times.*OperationalError"),
     (retry_uncapped, r"(?s)asked time.sleep for [\d,.]+ s before retry \d+.*no single wait may exceed 2 s.*cap the wait"),
     (retry_event_wait, "saw 0 call\\(s\\) of time.sleep"),
+    (retry_sleeps_after_last, r"(?s)after the last attempt failed \(16 wait\(s\) for 16 attempts.*raise at once"),
+    (retry_sleeps_before_first, r"(?s)before the first attempt.*wait only between attempts"),
+    (retry_sets_session_isolation, r"(?s)changed the connection's isolation level for good.*SERIALIZABLE.*finally"),
+    (retry_attempts_minus_one, r"(?s)\(conn, work, 1\) never called work.*with attempts=1 the work runs once"),
 ])
 def test_with_retry_rejects_plausible_wrong_answers(wrong, said):
     _rejects(checks.with_retry, wrong, said)

@@ -506,8 +506,28 @@ def _counting(statement: str | None = None, python: BaseException | None = None)
     return work, calls
 
 
-def _retry_call(fn, conn, work, attempts, tag, timeout: float = 30):
-    return _outcome(2, fn, conn, work, attempts, tag=tag, timeout=timeout)
+def _session(conn: psycopg.Connection) -> tuple[str, str]:
+    """The isolation level the caller's next transaction on conn gets: psycopg's attribute, the server's default."""
+    level = conn.isolation_level
+    server = (conn.execute("SHOW default_transaction_isolation").fetchone()[0] if conn.autocommit and not conn.closed
+              else "?")
+    return ("None (the server's default)" if level is None else level.name), server
+
+
+def _retry_call(fn, conn, work, attempts, tag, timeout: float = 30, hint: str | None = None):
+    before = _session(conn)
+    outcome = _outcome(2, fn, conn, work, attempts, tag=tag, timeout=timeout, hint=hint)
+    after = _session(conn)
+    if after[0] != before[0] or "?" not in (before[1], after[1]) and after[1] != before[1]:
+        call = f"{getattr(fn, '__name__', 'with_retry')}(conn, work, {attempts})"
+        raise CheckFailed(f"{call} changed the connection's isolation level for good: before the call,"
+                          f" conn.isolation_level was {before[0]} and the session's default_transaction_isolation"
+                          f" {before[1]}; after it, {after[0]} and {after[1]}. Every later transaction of the caller on"
+                          " conn would run at that level without asking for it.",
+                          "leave the connection as you found it: set the level for each transaction you open (SET"
+                          " TRANSACTION ISOLATION LEVEL SERIALIZABLE as its first statement); if you set"
+                          " conn.isolation_level instead, put the old value back in a `finally:` block")
+    return outcome
 
 
 def _times(n: int) -> str:
@@ -530,15 +550,15 @@ CAP_ATTEMPTS = 16  # enough for any doubling from 0.1 ms up to pass the cap: 0.1
 
 
 @contextmanager
-def _recorded_sleeps(fn) -> Iterator[tuple[list[float], list[int]]]:
-    """time.sleep (and the learner's own `sleep` name bound to it) recorded instead of slept, in the thread that
-    runs the learner's work only (its ident goes into the second list); every other thread sleeps as usual."""
+def _recorded_sleeps(fn) -> Iterator[list[float | None]]:
+    """time.sleep (and the learner's own `sleep` name bound to it) recorded instead of slept in the thread that
+    runs the learner's function (`run` names it "exercise 2"): each wait asked, in order, into the list, where the
+    caller's work adds None for each of its calls; every other thread sleeps as usual."""
     real = time.sleep
-    asked: list[float] = []
-    worker: list[int] = []
+    asked: list[float | None] = []
 
     def sleep(seconds: float) -> None:
-        if threading.get_ident() in worker:
+        if threading.current_thread().name == "exercise 2":
             asked.append(float(seconds))
         else:
             real(seconds)
@@ -548,7 +568,7 @@ def _recorded_sleeps(fn) -> Iterator[tuple[list[float], list[int]]]:
     for k in names:
         fn.__globals__[k] = sleep
     try:
-        yield asked, worker
+        yield asked
     finally:
         time.sleep = real
         for k in names:
@@ -558,12 +578,11 @@ def _recorded_sleeps(fn) -> Iterator[tuple[list[float], list[int]]]:
 
 def _judge_cap(fn, name: str, conn: psycopg.Connection, tag: str) -> None:
     """Work that always fails, CAP_ATTEMPTS tries, the waits recorded rather than slept: none above WAIT_CAP."""
-    with _recorded_sleeps(fn) as (asked, worker):
+    with _recorded_sleeps(fn) as events:
         work, calls = _counting(CONFLICT)
 
         def tracked(conn: psycopg.Connection) -> None:
-            if not worker:
-                worker.append(threading.get_ident())
+            events.append(None)
             work(conn)
 
         how, what = _retry_call(fn, conn, tracked, CAP_ATTEMPTS, tag, timeout=15 + CAP_ATTEMPTS * WAIT_CAP)
@@ -572,13 +591,28 @@ def _judge_cap(fn, name: str, conn: psycopg.Connection, tag: str) -> None:
         raise CheckFailed(f"{call} with work that always fails with 40001 ran it {_times(len(calls))} and"
                           f" {'returned' if how == 'returned' else 'raised'}.",
                           "try at most `attempts` times in all, then raise the last error")
+    asked = [s for s in events if s is not None]
+    if events and events[0] is not None:
+        first = events.index(None) if None in events else len(events)
+        raise CheckFailed(f"{call} asked time.sleep for {sum(asked[:first]):,.3f} s before the first attempt (the"
+                          " check recorded the waits instead of sleeping them): every call waits, even one whose"
+                          " work would succeed at once.",
+                          "wait only between attempts: after a failure, before the next try (not at the top of"
+                          " the loop for the first one)")
+    if events and events[-1] is not None:
+        last = len(events) - 1 - events[::-1].index(None)
+        raise CheckFailed(f"{call} asked time.sleep for {sum(events[last + 1:]):,.3f} s after the last attempt"
+                          f" failed ({len(asked)} wait(s) for {CAP_ATTEMPTS} attempts, that is"
+                          f" {CAP_ATTEMPTS - 1} retries): that wait only delays the error the caller needs.",
+                          "after the last attempt, raise at once; wait only before a retry (e.g. `if attempt =="
+                          " attempts: raise` before the sleep)")
     if len(asked) < CAP_ATTEMPTS - 1:
         raise CheckFailed(f"{call} retried {CAP_ATTEMPTS - 1} times, and the check saw {len(asked)} call(s) of"
                           " time.sleep, so it could not see how long your waits were.",
                           "wait with time.sleep(seconds) before each retry (not another kind of wait)")
     longest = max(asked)
     if longest > WAIT_CAP:
-        at = asked.index(longest) + 1
+        at = events[:events.index(longest)].count(None)  # the retry it came before: the attempts that had failed
         raise CheckFailed(f"{call} asked time.sleep for {longest:,.2f} s before retry {at} (the check recorded the"
                           f" waits instead of sleeping them); no single wait may exceed {WAIT_CAP:g} s, however many"
                           " attempts the caller allows.",
@@ -602,8 +636,23 @@ def with_retry(fn) -> None:
 
         conns = [tables.connect() for _ in range(6)]
 
+        stop = threading.Event()  # the first thread whose call raised (or failed) ends every thread's series
+        contended_hint = ("each attempt must be a transaction of its own: a retry inside one transaction (a savepoint,"
+                          " a nested conn.transaction()) keeps its old snapshot and fails again every time")
+
         def worker(conn) -> list:
-            return [_retry_call(fn, conn, increment, 50, tables.tag) for _ in range(15)]
+            outcomes = []
+            try:
+                for _ in range(15):
+                    if stop.is_set():
+                        break
+                    outcomes.append(_retry_call(fn, conn, increment, 50, tables.tag, hint=contended_hint))
+                    if outcomes[-1][0] == "raised":
+                        stop.set()
+            except BaseException:
+                stop.set()
+                raise
+            return outcomes
 
         with ThreadPoolExecutor(6) as threads:
             outcomes = [o for batch in threads.map(worker, conns) for o in batch]
@@ -614,7 +663,8 @@ def with_retry(fn) -> None:
                 raise CheckFailed(f"A serialization failure (40001) escaped from {name}(conn, increment, 50) while six"
                                   " threads incremented one counter.", "catch psycopg.errors.SerializationFailure"
                                   " outside the transaction block (so that it rolls back), wait, and run the work"
-                                  " again in a new transaction")
+                                  " again in a new transaction (not in a savepoint of the old one: its snapshot is"
+                                  " old, and it fails again every time)")
             raise CheckFailed(f"{name}(conn, increment, 50), with six threads incrementing one counter, raised"
                               f" {_first_line(exc)}.", "run each attempt in its own `with conn.transaction():`"
                               " block, and catch the failure outside that block")
@@ -633,6 +683,11 @@ def with_retry(fn) -> None:
             work, calls = _counting(CONFLICT)
             how, what = _retry_call(fn, conn, work, attempts, tables.tag, timeout=15)
             call = f"{name}(conn, work, {attempts})"
+            if not calls:
+                raise CheckFailed(f"{call} never called work, and " + (f"returned {what!r}." if how == "returned" else
+                                                                      f"raised {_first_line(what)}."),
+                                  "`attempts` counts every try, the first included: with attempts=1 the work runs"
+                                  " once (e.g. `for attempt in range(1, attempts + 1):`)")
             if how == "returned":
                 raise CheckFailed(f"{call}, with work that always fails with a serialization failure (40001), returned"
                                   f" {what!r} after {len(calls)} attempt(s): the caller never learns the work was"
@@ -700,16 +755,17 @@ def with_retry(fn) -> None:
             how, what = _retry_call(fn, conn, work, 4, tables.tag)
             if how == "returned":
                 raise CheckFailed(f"{name}(conn, work, 4) with work that fails with {what_bug} returned {what!r}:"
-                                  " the error was swallowed.", "catch only psycopg.errors.SerializationFailure; let"
-                                  " every other error propagate")
+                                  " the error was swallowed.", "catch only psycopg.errors.SerializationFailure and"
+                                  " psycopg.errors.DeadlockDetected; let every other error propagate")
             if len(calls) != 1:
                 broad = (" psycopg.OperationalError is the parent of SerializationFailure, but also of lock"
                          " timeouts (55P03), cancelled queries (57014) and the like, which a retry loop must not"
                          " swallow." if isinstance(what, psycopg.OperationalError) else "")
                 raise CheckFailed(f"{name}(conn, work, 4) ran work that fails with {what_bug} {_times(len(calls))};"
-                                  f" retrying cannot fix it.{broad}", "retry only serialization failures (catch"
-                                  " psycopg.errors.SerializationFailure, or test exc.sqlstate == '40001'; not the"
-                                  " message text); let other errors propagate at once")
+                                  f" retrying cannot fix it.{broad}", "retry only serialization failures and deadlocks"
+                                  " (catch psycopg.errors.SerializationFailure and psycopg.errors.DeadlockDetected, or"
+                                  " test exc.sqlstate in ('40001', '40P01'); not the message text); let other errors"
+                                  " propagate at once")
             if not any(isinstance(e, kind) for e in _chain(what)):
                 raise CheckFailed(f"{name}(conn, work, 4) with work that fails with {what_bug} raised"
                                   f" {_first_line(what)} instead.", "let other errors propagate as they are")
