@@ -394,11 +394,11 @@ def _valid_in_python(sku, name, price):
         return False
 
 
-def upsert_validated_in_python(conn, path):  # allowed: Python decides, COPY carries, the server upserts
+def _upsert_checked_in_python(conn, path, ok):  # ok(sku, name, price) decides in Python; COPY carries the valid rows
     with open(path, newline="", encoding="utf-8") as source:
         lines = list(enumerate(csv.reader(source), start=1))[1:]
-    rejected = [n for n, (sku, name, price) in lines if not _valid_in_python(sku, name, price)]
-    last = {sku: (sku, name, price) for n, (sku, name, price) in lines if n not in rejected}
+    rejected = [n for n, row in lines if not ok(*row)]
+    last = {row[0]: row for n, row in lines if n not in rejected}
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE incoming (sku text, name text, price numeric) ON COMMIT DROP")
         with cur.copy("COPY incoming FROM STDIN") as copy:
@@ -407,6 +407,10 @@ def upsert_validated_in_python(conn, path):  # allowed: Python decides, COPY car
         cur.execute("INSERT INTO prices SELECT * FROM incoming"
                     " ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
     return rejected
+
+
+def upsert_validated_in_python(conn, path):  # allowed: Python decides, COPY carries, the server upserts
+    return _upsert_checked_in_python(conn, path, _valid_in_python)
 
 
 def upsert_do_nothing(conn, path):
@@ -612,20 +616,9 @@ def upsert_loose_point(conn, path):  # digits and a point each optional: takes '
 
 
 def _upsert_python_checked(conn, path, pattern, match):  # decided in Python, valid rows sent by write_row
-    with open(path, newline="", encoding="utf-8") as source:
-        lines = list(enumerate(csv.reader(source), start=1))[1:]
     def ok(sku, name, price):
         return bool(sku and name and match(pattern, price)) and 0 < Decimal(price) < 100_000_000
-    rejected = [n for n, row in lines if not ok(*row)]
-    last = {row[0]: row for n, row in lines if n not in rejected}
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("CREATE TEMP TABLE incoming (sku text, name text, price numeric) ON COMMIT DROP")
-        with cur.copy("COPY incoming FROM STDIN") as copy:
-            for row in last.values():
-                copy.write_row(row)
-        cur.execute("INSERT INTO prices SELECT * FROM incoming"
-                    " ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price")
-    return rejected
+    return _upsert_checked_in_python(conn, path, ok)
 
 
 def upsert_python_dollar(conn, path):  # re.match with `$`: '12.50\n' passes (`$` matches before a final newline)
