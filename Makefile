@@ -48,8 +48,8 @@ test: $(STAMP) ## run every test and every notebook against the bundled server (
 test-pythons: #: run `make test` with every Python 3.11-3.13 found (pyenv or PATH), each in its own .venv-3.X; a line per version
 	@sh tools/test-pythons.sh
 
-test-pg15: $(STAMP) #: run the escape suite and the notebooks on Debian's PostgreSQL 15 (notebooks in nbval lax: errors only, no output comparison)
-	PGCOURSE_BINDIR=$(PG15) PGCOURSE_STATE=.pgdata-pg15 PGCOURSE_ENV=.env-pg15 $(PY) -m pytest --nbval-lax tests/test_escape.py notebooks solutions
+test-pg15: $(STAMP) #: run the escape suite, the staging validation's fallback and the notebooks on Debian's PostgreSQL 15 (notebooks in nbval lax: errors only, no output comparison)
+	PGCOURSE_BINDIR=$(PG15) PGCOURSE_STATE=.pgdata-pg15 PGCOURSE_ENV=.env-pg15 $(PY) -m pytest --nbval-lax tests/test_escape.py tests/test_staging_validation.py notebooks solutions
 
 execute: $(STAMP) #: re-execute notebooks in place against a fresh database (NB=path to pick some)
 	$(PY) -m pgcourse execute $(NB)
