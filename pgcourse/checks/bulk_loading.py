@@ -531,8 +531,9 @@ def _upsert_hint(exc: BaseException) -> str:
     if isinstance(exc, psycopg.errors.CheckViolation) and "price" in str(exc):
         return "a price must be above 0 (the task's rule, and prices' CHECK): reject 0 and 0.00 before the INSERT"
     if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and not str(exc).isascii():
-        return ("a price is written with the digits 0 to 9 only: Python's \\d (and str.isdigit) also match other"
-                " scripts' digits, which the server does not read as numbers; write [0-9]")
+        return ("a price is written with the digits 0 to 9 only: \\d (Python's, and a PostgreSQL regex's under some"
+                " collations) and str.isdigit also match other scripts' digits, which the server does not"
+                " read as numbers; write [0-9]")
     if isinstance(exc, (psycopg.errors.InvalidTextRepresentation, psycopg.errors.NotNullViolation,
                         psycopg.errors.CheckViolation)):
         return ("stage the raw lines as text, decide which are valid before casting anything, and move only those"
@@ -565,7 +566,7 @@ def _why(price: str) -> str:
         return (" (a line break after the price: Python's `$` also matches just before a final line break, so"
                 " re.match(r'^...$') takes it; use re.fullmatch, and [0-9])")
     if not price.isascii():
-        return " (digits of another script: Python's \\d takes them, [0-9] does not)"
+        return " (digits of another script: \\d may take them, in Python always, in SQL under some collations; [0-9] does not)"
     if re.fullmatch(r"[0-9]+[.]|[.][0-9]+", price):
         return " (a point needs a digit on each side)"
     if re.fullmatch(r"0+[1-9][0-9]*([.][0-9]{1,2})?", price) and Decimal(price) < 100_000_000:
