@@ -74,6 +74,9 @@ import asyncio, json, logging, os, sys, threading, time
 from collections.abc import Callable
 import asyncpg, psutil, psycopg
 
+# A sequential scan may join another scan of the table midway (synchronize_seqscans), or start where an
+# earlier scan stopped; off, an answer without ORDER BY meets the rows in their physical order every time.
+SCAN_FROM_THE_START = "SET synchronize_seqscans = off"
 _REPORT, _PROGRESS, _LOG, _KILL_MB = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 _seen = {"rows": 0, "sum_id": 0, "customers": 0, "ms": 0, "kinds": {}, "first": None, "last": None,
          "disorder": None, "shape": None}
@@ -188,6 +191,7 @@ def _finish(error, baseline):
 
 SYNC_BODY = """
 _conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+_conn.execute(SCAN_FROM_THE_START)
 _capture_logging()
 _baseline = _baseline_mb()
 _watch()
@@ -202,6 +206,7 @@ _finish(_error, _baseline)
 ASYNC_BODY = """
 async def _main():
     conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    await conn.execute(SCAN_FROM_THE_START)
     _capture_logging()
     baseline = _baseline_mb()
     _watch()
