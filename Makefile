@@ -74,6 +74,10 @@ lock: $(STAMP) #: regenerate requirements.txt from requirements.in (pins every p
 bench-memory: $(STAMP) #: peak memory (PSS) of each lesson's Run-All as on a 2 GB machine; fails over 1.5 GB (ARGS='--machine host' as this one is)
 	$(PY) benchmarks/memory.py $(ARGS)
 
+.PHONY: bench-web-api
+bench-web-api: $(STAMP) #: lesson 09's service under a bigger load than the notebooks run: a line per pool size (ARGS='--requests 10000 --pools 4,8,16 --workers 2')
+	$(PY) benchmarks/web_api.py $(ARGS)
+
 db-start: $(STAMP) ## start the bundled server (creates it and loads the data on first start)
 	@$(PY) -m pgcourse db start
 
