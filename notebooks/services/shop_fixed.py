@@ -11,6 +11,7 @@ from typing import Annotated
 import psycopg
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field
@@ -18,17 +19,22 @@ from pydantic import BaseModel, Field
 log = logging.getLogger("uvicorn.error")
 
 
+def conninfo() -> str:
+    """DATABASE_URL (lesson 02) plus a statement_timeout (lessons 01 and 04), kept beside any options it has."""
+    url = os.environ["DATABASE_URL"]
+    timeout = f"-c statement_timeout={int(os.environ.get('STATEMENT_TIMEOUT_MS', '1000'))}"
+    return make_conninfo(url, options=f"{conninfo_to_dict(url).get('options', '')} {timeout}".strip())
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    # Lessons 02-03: settings from the environment; one pool per process, opened at start, closed at exit.
+    # Lesson 03: one pool per process, opened when the service starts, closed when it stops.
     pool = AsyncConnectionPool(
-        os.environ["DATABASE_URL"],
+        conninfo(),
         min_size=int(os.environ.get("POOL_MIN", "2")),
         max_size=int(os.environ.get("POOL_MAX", "4")),  # lesson 03: under the server's connection limit
         timeout=float(os.environ.get("POOL_TIMEOUT", "2.0")),  # lesson 03: wait for a connection, then fail fast
-        # Lessons 01 and 04: no statement runs for ever; rows as dicts.
-        kwargs={"options": f"-c statement_timeout={int(os.environ.get('STATEMENT_TIMEOUT_MS', '1000'))}",
-                "row_factory": dict_row},
+        kwargs={"row_factory": dict_row},  # lesson 01: rows as dicts
         open=False,
     )
     await pool.open(wait=True)
