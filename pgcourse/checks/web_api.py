@@ -1,0 +1,666 @@
+"""Checks for lesson 09 (a web API under load): the pool sized under the database's limit, the dependency
+that lends a pooled connection, and the broken wishlist service fixed.
+
+The service check runs the learner's file for real: uvicorn in a subprocess (`pgcourse.webservice.Service`),
+its DATABASE_URL routed through a proxy on 127.0.0.1 (`pgcourse.netlab.NetLab`, which counts the connections
+the service opens) and tagged with an `application_name` (so the server's `pg_stat_activity` shows only the
+service's sessions). It sends the service requests (`pgcourse.loadgen` for the load), reads the server and the
+service's log, stops it with SIGTERM, and names every problem it saw, each with the lesson that taught its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql as _sql
+
+from . import (
+    CHECK_APP,
+    CheckFailed,
+    NotDone,
+    check_connect,
+    database_url,
+    mask,
+    new_tag,
+    passed,
+    run,
+    run_async,
+    secrets_in,
+    sessions_of,
+    stop_sessions,
+    wait_for_sessions_to_end,
+    with_params,
+)
+
+SCHEMA = "exercise09"
+ORIGINAL_SHA256 = "c61d2e47701f04c0b3de44a055c84bcf4cb8cdbd56942589edea8bfafb0eb071"
+"""sha256 of exercises/09_web_api_service.py as shipped: that file unchanged is not done yet."""
+
+START_LIMIT = 30.0  # seconds for the service to answer its first request
+REQUEST_LIMIT = 4.0  # seconds the check waits for one answer
+SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been answered with 503 or 504
+LOAD_REQUESTS, LOAD_CONCURRENCY = 48, 8
+OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
+SEQUENTIAL, FAILING = 12, 6  # requests in a row, then failing ones, that a pool of 5 must survive
+BLOCKED = 0.25  # seconds: a request that needs no database, slower than this while a query waits, was blocked
+CUSTOMER, PRODUCTS = 17, (3, 11, 42)  # the wishlist the check writes
+NO_PRODUCT = 999_999
+HOSTILE = "zq' OR TRUE OR name ILIKE '"
+SEARCHES = ("Lamp", "backpack", "KETTLE", "Eco")
+PROBE_PATH = "/pgcourse-check-probe"  # no such route: a 404 answered by the framework without the database
+
+
+# --- exercise 1: the pool's size ---------------------------------------------------------------------
+
+_SIZES = [  # (connection_limit, workers, reserved) -> right answer, or None: must raise ValueError
+    ((5, 1, 1), 4), ((5, 2, 1), 2), ((20, 4, 2), 4), ((21, 4, 2), 4), ((22, 4, 2), 5), ((5, 4, 1), 1),
+    ((100, 3, 0), 33), ((5, 5, 1), None), ((3, 1, 3), None), ((1, 1, 0), 1), ((10, 3, 1), 3),
+]
+
+
+def pool_max(fn: Callable[[int, int, int], int]) -> None:
+    """Exercise 1: the largest pool per worker process that fits under the limit, or ValueError."""
+    for (limit, workers, reserved), right in _SIZES:
+        args = (limit, workers, reserved)
+        call = f"pool_max({limit}, {workers}, {reserved})"
+        if right is None:
+            try:
+                got = run(1, fn, *args, allowed=(ValueError,), timeout=10)
+            except ValueError:
+                continue
+            raise CheckFailed(f"{call} returned {got!r}, but {workers} workers with a pool of even one connection"
+                              f" each, plus {reserved} reserved, need {workers + reserved} connections: more than"
+                              f" the limit of {limit}.",
+                              "when not even a pool of one fits, raise ValueError: a service started with it would"
+                              " fail under load instead of at deployment")
+        got = run(1, fn, *args, timeout=10, hint="the function only does arithmetic on its three arguments")
+        if isinstance(got, bool) or not isinstance(got, int):
+            raise CheckFailed(f"{call} returned {got!r} ({type(got).__name__}), not an int.",
+                              "a pool's size is a whole number of connections: use integer division")
+        if got != right:
+            total = workers * got + reserved
+            why = (f"{workers} × {got} + {reserved} = {total} connections: over the limit of {limit}"
+                   if total > limit else f"{workers} × {right} + {reserved} = {workers * right + reserved} still fits")
+            raise CheckFailed(f"{call} returned {got}, the right answer is {right} ({why}).",
+                              "each worker process opens its own pool: the pools together, plus the reserved"
+                              " connections, must stay within the limit (lesson 09, part 2, several workers)")
+    passed(1, f"{len(_SIZES)} limits, worker counts and reservations sized right, and ValueError where no pool fits.")
+
+
+# --- exercise 2: the dependency ------------------------------------------------------------------------
+
+def _request_with(pool) -> Any:
+    """A real Starlette request whose `app.state.pool` is `pool`, as FastAPI hands a dependency."""
+    from fastapi import FastAPI
+    from starlette.requests import Request
+
+    app = FastAPI()
+    app.state.pool = pool
+    return Request({"type": "http", "app": app, "method": "GET", "path": "/", "headers": [], "query_string": b""})
+
+
+class _RequestFailed(Exception):
+    """What the check's handler raises inside a request, as a failing endpoint would."""
+
+
+async def _lend(fn, request) -> tuple[contextlib.AbstractAsyncContextManager, Any]:
+    """Enter the learner's dependency as FastAPI does (an async context manager made of the generator)."""
+    if not inspect.isasyncgenfunction(fn):
+        result = fn(request)  # what it raises (NotImplementedError: not done) is judged by the caller
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, REQUEST_LIMIT)
+        if isinstance(result, psycopg.AsyncConnection):
+            await result.close()
+        kind = "a coroutine function (async def ... return)" if inspect.iscoroutinefunction(fn) else (
+            "a generator function (def ... yield)" if inspect.isgeneratorfunction(fn) else "a plain function")
+        raise CheckFailed(f"get_conn is {kind} that returned {type(result).__name__}, not an async generator"
+                          " function that yields a connection: FastAPI has nothing to resume when the request ends,"
+                          " so nothing gives the connection back.",
+                          "write `async def get_conn(request):` with `yield conn` inside `async with"
+                          " request.app.state.pool.connection() as conn:` (lesson 09, part 2)")
+    cm = contextlib.asynccontextmanager(fn)(request)
+    conn = await asyncio.wait_for(cm.__aenter__(), REQUEST_LIMIT)
+    return cm, conn
+
+
+async def _dependency_run(fn) -> str:
+    from psycopg_pool import AsyncConnectionPool
+
+    tag = new_tag(2)
+    url = with_params(database_url(), application_name=tag)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=2, timeout=2, open=False)
+    await pool.open(wait=True, timeout=10)
+    request = _request_with(pool)
+
+    def lent() -> int:
+        stats = pool.get_stats()
+        return stats.get("pool_size", 0) - stats.get("pool_available", 0)
+
+    try:
+        with check_connect(autocommit=True) as observer:
+            for i in range(5):  # requests that succeed, one after another: a pool of 2 must serve them all
+                cm, conn = await _lend(fn, request)
+                if not isinstance(conn, psycopg.AsyncConnection):
+                    raise CheckFailed(f"get_conn yielded {type(conn).__name__}, not a connection.",
+                                      "yield the connection the pool lends: `async with pool.connection() as conn:"
+                                      " yield conn`")
+                if getattr(conn, "_pool", None) is not pool:
+                    await cm.__aexit__(None, None, None)
+                    raise CheckFailed("get_conn yielded a connection it opened itself, not one from"
+                                      " `request.app.state.pool`.",
+                                      "borrow from the pool the lifespan opened: `request.app.state.pool.connection()`"
+                                      " (lesson 03: a connection per request costs a connect each time)")
+                await conn.execute("SELECT 1")
+                await cm.__aexit__(None, None, None)
+                if lent():
+                    raise CheckFailed(f"After request {i + 1} ended well, its connection was still out of the pool"
+                                      f" ({lent()} lent).",
+                                      "give the connection back after `yield`: `async with pool.connection()` does it"
+                                      " for you")
+            for how in ("error", "cancelled"):  # a failing request, then one abandoned (client went away)
+                cm, conn = await _lend(fn, request)
+                await conn.execute("SELECT 1")  # its transaction is open, as a failing endpoint's would be
+                exc = _RequestFailed("the endpoint failed") if how == "error" else asyncio.CancelledError()
+                try:
+                    swallowed = await cm.__aexit__(type(exc), exc, None)
+                except type(exc) as raised:
+                    swallowed = raised is not exc and not isinstance(raised.__cause__, type(exc))
+                except BaseException as other:  # noqa: BLE001 - judged below
+                    raise CheckFailed(f"When the request failed with {type(exc).__name__}, get_conn raised"
+                                      f" {type(other).__name__}: {other}.",
+                                      "let the request's own exception pass through the dependency unchanged") from None
+                if swallowed:
+                    raise CheckFailed(f"When the request failed with {type(exc).__name__}, get_conn swallowed the"
+                                      " exception: FastAPI would answer as if it had succeeded.",
+                                      "do not catch the request's exception in the dependency; `async with` gives the"
+                                      " connection back and lets it through")
+                if lent():
+                    raise CheckFailed(f"When the request failed ({type(exc).__name__} thrown in at `yield`), its"
+                                      " connection never went back to the pool: after a few such requests every"
+                                      " request waits for a connection, then fails.",
+                                      "give it back in a `finally:` (or with `async with pool.connection()`), which"
+                                      " runs however the request ends (lesson 09, part 2)")
+            await asyncio.sleep(0.2)
+            stuck = [s for s in sessions_of(observer, tag) if s["state"] and s["state"].startswith("idle in transaction")]
+            if stuck:
+                raise CheckFailed(f"{len(stuck)} of the pool's sessions sat idle in transaction after the requests.",
+                                  "return the connection to the pool, which rolls back what a failed request left open")
+            # two requests hold both connections; a third waits, and is served when the first ends
+            first, second = await _lend(fn, request), await _lend(fn, request)
+            third = asyncio.ensure_future(_lend(fn, request))
+            await asyncio.sleep(0.1)
+            await first[0].__aexit__(None, None, None)
+            try:
+                cm3, _ = await asyncio.wait_for(third, REQUEST_LIMIT)
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the pool's timeout, or the learner's error
+                raise CheckFailed(f"With both connections lent, a third request waited and then failed"
+                                  f" ({type(exc).__name__}) although the first request had ended.",
+                                  "borrow with `pool.connection()` so that a waiting request gets the connection"
+                                  " the moment another gives it back") from None
+            for cm in (second[0], cm3):
+                await cm.__aexit__(None, None, None)
+            if lent():
+                raise CheckFailed(f"{lent()} connection(s) stayed out of the pool after every request had ended.",
+                                  "give back exactly the connection you borrowed, once")
+            return tag
+    finally:
+        await pool.close()
+
+
+def dependency(fn) -> None:
+    """Exercise 2: get_conn(request) lends a pooled connection and gets it back however the request ends."""
+    tag = run_async(_guarded_dependency(fn))
+    with check_connect(autocommit=True) as observer:
+        left = wait_for_sessions_to_end(observer, tag, wait=3)
+    if left:
+        stop_sessions(tag)
+        raise CheckFailed(f"{len(left)} session(s) of the check's pool stayed open after the pool was closed.",
+                          "yield a connection borrowed from the pool; never open one of your own")
+    passed(2, "9 requests on a pool of 2: successes, a failure and a cancellation each gave the connection back,"
+              " the failure's exception reached FastAPI, and a waiting request got the connection another gave back.")
+
+
+async def _guarded_dependency(fn) -> str:
+    """The dependency's run, with whatever the learner's code raised (SystemExit too) turned into a verdict."""
+    try:
+        return await asyncio.wait_for(_dependency_run(fn), 60)
+    except NotImplementedError:
+        raise NotDone("Exercise 2 is not done yet: replace the `raise NotImplementedError` line with your code,"
+                      " run that cell, then run this check again.") from None
+    except TimeoutError:
+        raise CheckFailed("get_conn did not finish within 60 s; the check gave up on it.",
+                          "look for an await that waits on a connection your own code holds") from None
+    except (CheckFailed, NotDone):
+        raise
+    except SystemExit as exc:
+        raise CheckFailed(f"get_conn tried to end the program (SystemExit({exc.code!r})) instead of yielding.",
+                          "raise an exception that says what went wrong; never call sys.exit() in a dependency"
+                          ) from None
+    except BaseException as exc:  # noqa: BLE001 - the learner's error, in the check's voice
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckFailed(f"get_conn raised {type(exc).__name__}" + (f": {first}" if first else "."),
+                          "run it by hand: `async with contextlib.asynccontextmanager(get_conn)(request) as conn:`"
+                          ) from None
+
+
+# --- exercise 3: the service ---------------------------------------------------------------------------
+
+PROBLEMS = {
+    "per_request": ("a new connection for every request",
+                    "open one pool in the lifespan and borrow from it in the dependency (lesson 03, part 1;"
+                    " lesson 09, part 1)"),
+    "returned": ("connections left to the garbage collector",
+                 "the dependency must `yield` the connection and give it back after, not `return` it"
+                 " (lesson 08, part 1; lesson 09, part 2)"),
+    "not_given_back": ("connections never given back",
+                       "`yield` inside `async with pool.connection() as conn:`, so the pool gets it back when the"
+                       " request ends (lesson 09, part 2)"),
+    "kept_on_error": ("a failed request keeps its connection",
+                      "give the connection back in a `finally:` or with `async with`, which also runs when the request"
+                      " raises (lesson 09, part 2)"),
+    "blocked_loop": ("a blocking driver call inside `async def`",
+                     "await an async driver (psycopg's AsyncConnectionPool) in `async def` endpoints, or make them"
+                     " plain `def` so FastAPI runs them in its thread pool (lesson 07, part 1)"),
+    "injection": ("SQL built from the request's text",
+                  "pass the value as a parameter (`%s`), never inside an f-string (lesson 01, part 1)"),
+    "no_timeout": ("no statement timeout",
+                   "give every connection a statement_timeout (the `options` connection parameter) and answer"
+                   " QueryCanceled with 503 (lesson 02, part 2; lesson 04, part 1)"),
+    "errors_hidden": ("errors hidden",
+                      "let database errors reach an exception handler that answers with an error status; never"
+                      " catch everything and answer success (lesson 09, part 1)"),
+    "pool_left_open": ("the pool left open at shutdown",
+                       "close the pool after the lifespan's `yield` (lesson 09, part 3)"),
+    "contract": ("an endpoint no longer keeps its contract",
+                 "keep every path, parameter and JSON shape the file's docstring lists"),
+    "secret": ("the password in the service's log",
+               "never log DATABASE_URL; log the host and database name, or the URL with the password masked"
+               " (lesson 02, part 2)"),
+}
+
+
+@dataclass
+class _Findings:
+    problems: dict[str, str] = field(default_factory=dict)  # name -> what the check saw (the first time)
+    stopped_early: str = ""
+
+    def add(self, name: str, seen: str) -> None:
+        self.problems.setdefault(name, seen)
+
+    def verdict(self, file: str) -> CheckFailed:
+        names = [n for n in PROBLEMS if n in self.problems]  # always in the same order: the file's, top down
+        items = [f"- {PROBLEMS[n][0]}: {self.problems[n]} (Hint: {PROBLEMS[n][1]}.)" for n in names]
+        head = (f"The check found {len(items)} problem{'s' if len(items) > 1 else ''} in {file}:")
+        tail = [self.stopped_early] if self.stopped_early else []
+        first = names[0]
+        return CheckFailed("\n".join([head, *items, *tail]), f"start with the first: {PROBLEMS[first][1]}")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _prepare(admin: psycopg.Connection) -> None:
+    """The check's table, with a wishlist for one customer, committed (the service's sessions must see it)."""
+    schema, table = _sql.Identifier(SCHEMA), _sql.Identifier(SCHEMA, "wishlist")
+    admin.execute(_sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+    admin.execute(_sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    admin.execute(_sql.SQL(
+        "CREATE TABLE {} (customer_id int NOT NULL REFERENCES customers (id), product_id int NOT NULL REFERENCES"
+        " products (id), quantity int NOT NULL CHECK (quantity BETWEEN 1 AND 99),"
+        " PRIMARY KEY (customer_id, product_id))").format(table))
+    admin.execute(_sql.SQL("INSERT INTO {} VALUES (%s, %s, 2), (%s, %s, 1)").format(table),
+                  (CUSTOMER + 1, PRODUCTS[0], CUSTOMER + 1, PRODUCTS[1]))
+
+
+def _drop(admin: psycopg.Connection) -> None:
+    with contextlib.suppress(psycopg.Error):
+        admin.execute(_sql.SQL("DROP TABLE IF EXISTS {}").format(_sql.Identifier(SCHEMA, "wishlist")))
+
+
+def _search_reference(admin: psycopg.Connection, name: str) -> list[tuple[int, str, Decimal]]:
+    return admin.execute("SELECT id, name, price FROM products WHERE strpos(lower(name), lower(%s)) > 0"
+                         " ORDER BY id LIMIT 20", (name,)).fetchall()
+
+
+def _wishlist_rows(admin: psycopg.Connection, customer: int) -> list[tuple[int, int]]:
+    return admin.execute(_sql.SQL("SELECT product_id, quantity FROM {} WHERE customer_id = %s ORDER BY product_id")
+                         .format(_sql.Identifier(SCHEMA, "wishlist")), (customer,)).fetchall()
+
+
+def _abandoned(admin: psycopg.Connection) -> int | None:
+    """Sessions of this database that ended without saying goodbye (the client went away), PostgreSQL 14+."""
+    if admin.info.server_version < 140000:
+        return None
+    admin.execute("SELECT pg_stat_clear_snapshot()")
+    return admin.execute("SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
+                         ).fetchone()[0]
+
+
+def _shown(response) -> str:
+    """An answer as the learner would read it: status and a short body."""
+    if isinstance(response, BaseException):
+        return f"no answer ({type(response).__name__})"
+    body = response.text.strip().replace("\n", " ")
+    return f"{response.status_code} {body[:80] + '...' if len(body) > 80 else body}".strip()
+
+
+class _Client:
+    """httpx.AsyncClient on the service: one request at a time, each within REQUEST_LIMIT, timed."""
+
+    def __init__(self, base_url: str):
+        import httpx
+
+        self.httpx = httpx
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=REQUEST_LIMIT,
+                                        limits=httpx.Limits(max_keepalive_connections=0))
+
+    async def send(self, method: str, path: str, *, json=None, params=None, timeout=REQUEST_LIMIT):
+        """(response or the client's exception, seconds)"""
+        began = time.perf_counter()
+        try:
+            response = await self.client.request(method, path, json=json, params=params, timeout=timeout)
+        except self.httpx.HTTPError as exc:
+            return exc, time.perf_counter() - began
+        return response, time.perf_counter() - began
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _json(response) -> Any:
+    try:
+        return response.json()
+    except Exception:  # noqa: BLE001 - not JSON: the caller reports the body
+        return None
+
+
+async def _lifetimes(svc, found: _Findings) -> None:
+    """Phase 1: requests in a row, then failing ones: a pool whose connections are not given back runs dry."""
+    client = _Client(svc.url)
+    try:
+        for i in range(SEQUENTIAL):
+            response, seconds = await client.send("GET", "/health")
+            if isinstance(response, BaseException) or response.status_code != 200:
+                if i == 0:
+                    found.add("contract", f"GET /health answered {_shown(response)}, not 200 {{\"status\": \"ok\"}}")
+                else:
+                    found.add("not_given_back", f"{i} requests in a row were answered, then GET /health got"
+                                                f" {_shown(response)}: the connections lent before were never"
+                                                " given back, and the pool ran dry")
+                return
+        for _ in range(FAILING):
+            response, _ = await client.send("POST", f"/customers/{CUSTOMER}/wishlist",
+                                            json={"product_id": NO_PRODUCT, "quantity": 1})
+            if isinstance(response, BaseException):
+                break
+        for _ in range(3):
+            response, _ = await client.send("GET", "/health")
+            if isinstance(response, BaseException) or response.status_code != 200:
+                found.add("kept_on_error", f"after {FAILING} requests that failed in the database (a product that"
+                                           f" does not exist), GET /health got {_shown(response)}: each failed"
+                                           " request kept its connection")
+                return
+    finally:
+        await client.close()
+
+
+async def _basics(client: _Client, admin: psycopg.Connection, found: _Findings) -> None:
+    """Each endpoint's contract on right input, and the hostile search."""
+    response, _ = await client.send("GET", "/health")
+    if isinstance(response, BaseException) or response.status_code != 200 or _json(response) != {"status": "ok"}:
+        found.add("contract", f"GET /health answered {_shown(response)}, not 200 {{\"status\": \"ok\"}}")
+    for name in (*SEARCHES[:2], HOSTILE):
+        response, _ = await client.send("GET", "/products/search", params={"name": name})
+        right = [(i, n, p) for i, n, p in _search_reference(admin, name)]
+        body = _json(response) if not isinstance(response, BaseException) else None
+        try:
+            got = [(int(p["id"]), p["name"], Decimal(str(p["price"]))) for p in body["products"]]
+        except (TypeError, KeyError, ValueError, ArithmeticError):
+            got = None
+        if got == right:
+            continue
+        if name == HOSTILE:
+            found.add("injection", f"GET /products/search?name={HOSTILE} answered"
+                      + (f" {len(got)} products, although no product's name contains that text: the value"
+                         " became part of the SQL" if got else f" {_shown(response)} instead of an empty list"))
+        else:
+            found.add("contract", f"GET /products/search?name={name} answered {_shown(response)}; the right answer"
+                                  f" is {len(right)} products, by id")
+    for product, quantity in ((PRODUCTS[1], 3), (PRODUCTS[0], 5), (PRODUCTS[1], 4)):
+        response, _ = await client.send("POST", f"/customers/{CUSTOMER}/wishlist",
+                                        json={"product_id": product, "quantity": quantity})
+        if isinstance(response, BaseException) or response.status_code != 201:
+            found.add("contract", f"POST /customers/{CUSTOMER}/wishlist {{\"product_id\": {product}, \"quantity\":"
+                                  f" {quantity}}} answered {_shown(response)}, not 201")
+            return
+    rows = _wishlist_rows(admin, CUSTOMER)
+    if rows != [(PRODUCTS[0], 5), (PRODUCTS[1], 4)]:
+        found.add("contract", f"after three POSTs that answered 201, the table holds {rows} for customer {CUSTOMER},"
+                              f" not {[(PRODUCTS[0], 5), (PRODUCTS[1], 4)]}: the writes were not all committed")
+        return
+    response, _ = await client.send("GET", f"/customers/{CUSTOMER}/wishlist")
+    body = _json(response) if not isinstance(response, BaseException) else None
+    try:
+        items = [(int(i["product_id"]), int(i["quantity"])) for i in body["items"]]
+    except (TypeError, KeyError, ValueError):
+        items = None
+    if items != rows:
+        found.add("contract", f"GET /customers/{CUSTOMER}/wishlist answered {_shown(response)}; the table holds"
+                              f" {rows} (product, quantity)")
+
+
+def _mix():
+    from ..loadgen import Mix
+
+    return Mix({
+        "wishlist": lambda r: ("GET", f"/customers/{r.randint(CUSTOMER, CUSTOMER + 1)}/wishlist", None),
+        "search": lambda r: ("GET", f"/products/search?name={r.choice(SEARCHES)}", None),
+        "health": lambda r: ("GET", "/health", None),
+    }, {"wishlist": 0.5, "search": 0.3, "health": 0.2}, seed=9)
+
+
+async def _load(svc, lab, found: _Findings) -> None:
+    from .. import loadgen
+
+    before = lab.accepted
+    load = await loadgen.run(svc.url, _mix(), requests=LOAD_REQUESTS, concurrency=LOAD_CONCURRENCY,
+                             time_limit=10.0, timeout=REQUEST_LIMIT, progress=False)
+    opened = lab.accepted - before
+    if opened > OPENED_LIMIT:
+        found.add("per_request", f"during {len(load.outcomes)} requests ({LOAD_CONCURRENCY} at a time) the service"
+                                 f" opened {opened} connections to the server")
+    errors = load.errors()
+    if errors:
+        kinds = ", ".join(f"{kind} ×{n}" for kind, n in sorted(errors.items()))
+        found.add("contract", f"under a load of {LOAD_REQUESTS} requests ({LOAD_CONCURRENCY} at a time),"
+                              f" {sum(errors.values())} failed: {kinds}")
+
+
+async def _waiting_on_lock(tag: str, limit: float) -> bool:
+    """True once a session of the service waits for a lock (read from pg_stat_activity every 10 ms)."""
+    deadline = time.monotonic() + limit
+    async with await psycopg.AsyncConnection.connect(database_url(), autocommit=True,
+                                                     application_name=CHECK_APP) as observer:
+        while time.monotonic() < deadline:
+            cur = await observer.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                                         " AND wait_event_type = 'Lock'", (tag,))
+            if (await cur.fetchone())[0]:
+                return True
+            await asyncio.sleep(0.01)
+    return False
+
+
+async def _slow(client: _Client, tag: str, found: _Findings) -> None:
+    """A query stuck behind the check's lock: answered 503/504 in time, and the event loop free meanwhile."""
+    baseline = min([(await client.send("GET", PROBE_PATH))[1] for _ in range(3)])
+    table = _sql.Identifier(SCHEMA, "wishlist")
+    async with await psycopg.AsyncConnection.connect(database_url(), application_name=CHECK_APP) as locker:
+        async with locker.transaction():
+            await locker.execute(_sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            slow = asyncio.ensure_future(client.send("GET", f"/customers/{CUSTOMER}/wishlist", timeout=SLOW_LIMIT + 1))
+            waiting = await _waiting_on_lock(tag, 2.0)
+            probe = asyncio.ensure_future(client.send("GET", PROBE_PATH, timeout=SLOW_LIMIT + 2))
+            response, seconds = await slow
+        # the lock is released here, whatever happened
+    probed, probe_seconds = await probe
+    if waiting and (isinstance(probed, BaseException) or probe_seconds > max(BLOCKED, 10 * baseline)):
+        from ..bench import duration
+
+        found.add("blocked_loop", f"while one request waited for a lock, a request that needs no database took"
+                                  f" {duration(probe_seconds)} instead of {duration(baseline)}: the event loop was held"
+                                  " up by the waiting request")
+    from ..bench import duration
+
+    if isinstance(response, BaseException) or seconds > SLOW_LIMIT:
+        found.add("no_timeout", f"a request whose query waited for a lock got {_shown(response)} after"
+                                f" {duration(seconds)} (the check released the lock then); it should fail within"
+                                f" {SLOW_LIMIT:g} s with 503 or 504")
+    elif 200 <= response.status_code < 300:
+        found.add("errors_hidden", f"a request whose query waited for a lock answered {_shown(response)}, a success,"
+                                   f" after {duration(seconds)}")
+    elif response.status_code not in (503, 504):
+        found.add("no_timeout", f"a request whose query waited for a lock was stopped after {duration(seconds)},"
+                                f" but answered {_shown(response)}; a query cancelled by its timeout should answer"
+                                " 503 (or 504), so that clients know to retry later")
+
+
+async def _hidden_errors(client: _Client, admin: psycopg.Connection, found: _Findings) -> None:
+    """Requests the database refuses must not answer success."""
+    before = _wishlist_rows(admin, CUSTOMER)
+    for body, why in (({"product_id": NO_PRODUCT, "quantity": 1}, "a product that does not exist"),
+                      ({"product_id": PRODUCTS[2], "quantity": 0}, "a quantity of 0, which the table's CHECK refuses")):
+        response, _ = await client.send("POST", f"/customers/{CUSTOMER}/wishlist", json=body)
+        if not isinstance(response, BaseException) and 200 <= response.status_code < 300:
+            found.add("errors_hidden", f"POST /customers/{CUSTOMER}/wishlist with {why} answered {_shown(response)},"
+                                       " a success, though nothing was written")
+    if _wishlist_rows(admin, CUSTOMER) != before:
+        found.add("contract", "a POST that the database should have refused changed the wishlist")
+
+
+async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findings) -> None:
+    client = _Client(svc.url)
+    try:
+        await _basics(client, admin, found)
+        await _load(svc, lab, found)
+        await _slow(client, tag, found)
+        await _hidden_errors(client, admin, found)
+    finally:
+        await client.close()
+
+
+def _service(path: Path, env: dict[str, str]):
+    from ..webservice import Service
+
+    env = {**env, "PYTHONWARNINGS": "always::ResourceWarning"}  # psycopg warns when it frees an open connection
+    return Service(f"{path.stem}:app", app_dir=path.parent, env=env, graceful_timeout=3.0)
+
+
+def _started(svc, file: str, secrets: list[str]):
+    try:
+        svc.start(timeout=START_LIMIT)
+    except RuntimeError as exc:
+        raise CheckFailed(f"{file} did not start: {mask(str(exc), secrets)}",
+                          "run the service by hand in a terminal (`uvicorn ...`) and read the error") from None
+    return svc
+
+
+def _from_log(log: str, found: _Findings, secrets: list[str]) -> None:
+    if any(s in log for s in secrets):
+        found.add("secret", "the service printed the database password")
+    freed = len(re.findall(r"<psycopg\.(?:Async)?Connection .*? was deleted while still open", log))
+    if freed:
+        found.add("returned", f"{freed} connections were closed only when Python freed them (psycopg's"
+                              " ResourceWarning 'was deleted while still open' in the service's log): nothing closed"
+                              " them when their request ended")
+
+
+def _env_from(fn, url: str) -> dict[str, str]:
+    env = run(3, fn, url, timeout=10, hint="service_env only builds a dict from its argument and your settings")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise CheckFailed(f"service_env returned {type(env).__name__}, not a dict of str to str.",
+                          "return the environment variables your service reads, every value a string")
+    if env.get("DATABASE_URL") != url:
+        raise CheckFailed("service_env did not pass on the URL it was given as DATABASE_URL.",
+                          "set DATABASE_URL to the `database_url` argument: the check routes and tags it so that"
+                          " it sees your service's sessions (and a URL typed into code is a secret in code)")
+    return env
+
+
+def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> None:
+    """Exercise 3: run the learner's service file, load it, read the server and the log, name each problem."""
+    path = Path(file).resolve()
+    if path.is_file() and _digest(path) == ORIGINAL_SHA256:
+        raise NotDone(f"You have not changed {path.name} yet. Its first problem: {PROBLEMS['per_request'][0]}"
+                      f" (`psycopg.connect` in `get_conn`). Open it in JupyterLab, fix it, save it, then run this"
+                      " check again.")
+    from ..netlab import NetLab
+
+    tag = new_tag(3)
+    found = _Findings()
+    with check_connect(autocommit=True) as admin, NetLab(database_url()) as lab:
+        url = with_params(lab.url, application_name=tag)
+        env = _env_from(service_env, url)
+        secrets = secrets_in(url)
+        if not path.is_file():
+            raise CheckFailed(f"There is no file {file} next to this notebook.",
+                              "the service file ships beside the exercises notebook: `git checkout` it if it is gone")
+        _prepare(admin)
+        try:
+            with _started(_service(path, env), path.name, secrets) as svc:  # phase 1: lifetimes
+                run_async(asyncio.wait_for(_lifetimes(svc, found), 60))
+                first_log = svc.log
+            wait_for_sessions_to_end(admin, tag, wait=3)
+            _from_log(first_log, found, secrets)
+            if "not_given_back" in found.problems:
+                found.stopped_early = ("The check stopped there: a service whose pool has run dry answers nothing"
+                                       " more. Fix this, and it will look for more.")
+                raise found.verdict(path.name)
+            svc = _started(_service(path, env), path.name, secrets)  # phase 2: contract, load, slow, errors
+            try:
+                run_async(asyncio.wait_for(_examine(svc, lab, tag, admin, found), 90))
+                before = _abandoned(admin)
+                code = svc.stop(signal.SIGTERM, timeout=10)
+            finally:
+                svc.__exit__(None, None, None)
+            _shutdown(admin, tag, before, code, found)
+            _from_log(svc.log, found, secrets)
+        finally:
+            stop_sessions(tag)
+            _drop(admin)
+    if found.problems:
+        raise found.verdict(path.name)
+    passed(3, "one pool for many requests, each connection given back (also by failed requests), the event loop"
+              " free while a query waited, a hostile search value kept out of the SQL, a stuck query answered 503"
+              " in time, refused writes answered as errors, and every session ended properly at shutdown.")
+
+
+def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int | None, found: _Findings) -> None:
+    if code == -signal.SIGKILL:  # uvicorn ends with 0 or -SIGTERM (it re-raises the signal) when it shuts down
+        found.add("pool_left_open", "after SIGTERM the service did not finish shutting down within 10 s, and was"
+                                    " killed")
+    left = wait_for_sessions_to_end(admin, tag, wait=3)
+    if left:
+        found.add("pool_left_open", f"{len(left)} of its sessions were still on the server 3 s after it stopped")
+    if before is None or "kept_on_error" in found.problems:
+        return  # PostgreSQL 13 has no such counter; connections a failed request kept are not the pool's to close
+    deadline, after = time.monotonic() + 1.5, before
+    while time.monotonic() < deadline and after == before:
+        time.sleep(0.1)
+        after = _abandoned(admin)
+    if after > before:
+        found.add("pool_left_open", f"when it stopped (SIGTERM), {after - before} of its sessions ended without"
+                                    " saying goodbye: the server saw the process vanish"
+                                    " (pg_stat_database.sessions_abandoned) instead of each connection closing")
