@@ -116,7 +116,7 @@ def threads_wrong(conn: Annotated[psycopg.Connection, Depends(sync_conn)]) -> di
 
 @app.get("/threads/limited")
 def threads_limited(conn: Annotated[psycopg.Connection, Depends(sync_conn, max_concurrency=POOL_MAX)]) -> dict:
-    conn.execute("SELECT pg_sleep(%s)", (WORK,))  # FastAPI 0.165: the wait for a turn holds no thread
+    conn.execute("SELECT pg_sleep(%s)", (WORK,))  # FastAPI 0.163+: the wait for a turn holds no thread
     return {"ok": True}
 
 
