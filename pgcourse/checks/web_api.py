@@ -53,8 +53,9 @@ REQUEST_LIMIT = 4.0  # seconds the check waits for one answer
 SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been answered with 503 or 504
 LOAD_REQUESTS, LOAD_CONCURRENCY = 48, 8
 OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
-SEQUENTIAL, FAILING = 12, 6  # requests in a row, then failing ones, that a pool of 5 must survive
-BLOCKED = 0.25  # seconds: a request that needs no database, slower than this while a query waits, was blocked
+SEQUENTIAL, FAILING = 20, 6  # requests in a row, then failing ones, that a pool must survive
+BLOCKED = 0.1  # seconds: a request that needs no database, slower than this and answered only after the
+# request whose query waited for a lock, was held up by it
 CUSTOMER, PRODUCTS = 17, (3, 11, 42)  # the wishlist the check writes
 NO_PRODUCT = 999_999
 HOSTILE = "zq' OR TRUE OR name ILIKE '"
@@ -374,13 +375,18 @@ class _Client:
                                         limits=httpx.Limits(max_keepalive_connections=0))
 
     async def send(self, method: str, path: str, *, json=None, params=None, timeout=REQUEST_LIMIT):
-        """(response or the client's exception, seconds)"""
+        """(response or the client's exception, seconds); `self.ended` is when the last answer came"""
         began = time.perf_counter()
         try:
             response = await self.client.request(method, path, json=json, params=params, timeout=timeout)
         except self.httpx.HTTPError as exc:
-            return exc, time.perf_counter() - began
+            response = exc
         return response, time.perf_counter() - began
+
+    async def ended(self, method: str, path: str, **kwargs):
+        """(response, seconds, the moment it ended)"""
+        response, seconds = await self.send(method, path, **kwargs)
+        return response, seconds, time.perf_counter()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -516,13 +522,16 @@ async def _slow(client: _Client, tag: str, found: _Findings) -> None:
     async with await psycopg.AsyncConnection.connect(database_url(), application_name=CHECK_APP) as locker:
         async with locker.transaction():
             await locker.execute(_sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
-            slow = asyncio.ensure_future(client.send("GET", f"/customers/{CUSTOMER}/wishlist", timeout=SLOW_LIMIT + 1))
+            slow = asyncio.ensure_future(client.ended("GET", f"/customers/{CUSTOMER}/wishlist", timeout=SLOW_LIMIT + 1))
             waiting = await _waiting_on_lock(tag, 2.0)
-            probe = asyncio.ensure_future(client.send("GET", PROBE_PATH, timeout=SLOW_LIMIT + 2))
-            response, seconds = await slow
+            probe = asyncio.ensure_future(client.ended("GET", PROBE_PATH, timeout=SLOW_LIMIT + 2))
+            response, seconds, slow_end = await slow
         # the lock is released here, whatever happened
-    probed, probe_seconds = await probe
-    if waiting and (isinstance(probed, BaseException) or probe_seconds > max(BLOCKED, 10 * baseline)):
+    probed, probe_seconds, probe_end = await probe
+    # A free event loop answers the probe at once, long before the waiting request ends; a blocked one only
+    # once the blocking call has returned, i.e. after that request's answer.
+    held_up = probe_end > slow_end - 0.02 and probe_seconds > max(BLOCKED, 5 * baseline)
+    if waiting and (isinstance(probed, BaseException) or held_up):
         from ..bench import duration
 
         found.add("blocked_loop", f"while one request waited for a lock, a request that needs no database took"
