@@ -10,7 +10,6 @@ import asyncio
 
 from fastapi import Request
 from pydantic import BaseModel, Field
-
 from shop_fixed import app
 
 
