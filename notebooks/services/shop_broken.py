@@ -17,7 +17,7 @@ app = FastAPI()
 def get_conn():
     # WRONG (lesson 03): a new connection for every request, no pool and no limit: the server's slots run out.
     # WRONG: `return`, not `yield`: nothing ever closes it (it goes when Python frees the object).
-    # WRONG (lesson 04): no statement_timeout, no connect_timeout: a stuck query holds the request for ever.
+    # WRONG (lessons 02 and 04): no connect_timeout, no statement_timeout: a stuck query holds its request as long as it runs.
     return psycopg.connect(os.environ["DATABASE_URL"], row_factory=dict_row)
 
 
