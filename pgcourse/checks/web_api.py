@@ -11,6 +11,7 @@ service's log, stops it with SIGTERM, and names every problem it saw, each with 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import inspect
@@ -302,6 +303,7 @@ PROBLEMS = {
 class _Findings:
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the check saw (the first time)
     stopped_early: str = ""
+    logged: collections.Counter = field(default_factory=collections.Counter)  # exceptions in the service's log
 
     def add(self, name: str, seen: str) -> None:
         self.problems.setdefault(name, seen)
@@ -311,6 +313,9 @@ class _Findings:
         items = [f"- {PROBLEMS[n][0]}: {self.problems[n]} (Hint: {PROBLEMS[n][1]}.)" for n in names]
         head = (f"The check found {len(items)} problem{'s' if len(items) > 1 else ''} in {file}:")
         tail = [self.stopped_early] if self.stopped_early else []
+        if self.logged:
+            shown = [f"{line[:120]} (×{n})" for line, n in self.logged.most_common(3)]
+            tail.append("The service's log shows these exceptions: " + "; ".join(shown) + ".")
         first = names[0]
         return CheckFailed("\n".join([head, *items, *tail]), f"start with the first: {PROBLEMS[first][1]}")
 
@@ -330,6 +335,16 @@ def _prepare(admin: psycopg.Connection) -> None:
         " PRIMARY KEY (customer_id, product_id))").format(table))
     admin.execute(_sql.SQL("INSERT INTO {} VALUES (%s, %s, 2), (%s, %s, 1)").format(table),
                   (CUSTOMER + 1, PRODUCTS[0], CUSTOMER + 1, PRODUCTS[1]))
+
+
+def _one_at_a_time(admin: psycopg.Connection, wait: float = 60.0) -> None:
+    """Hold the check's advisory lock for this session: two runs at once in one database would share the table."""
+    deadline = time.monotonic() + wait
+    while not admin.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (SCHEMA,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"Another run of this check has held the database for over {wait:g} s.",
+                              "wait for the other run (another notebook or terminal) to finish, then run it again")
+        time.sleep(0.2)
 
 
 def _drop(admin: psycopg.Connection) -> None:
@@ -593,6 +608,9 @@ def _started(svc, file: str, secrets: list[str]):
 
 
 def _from_log(log: str, found: _Findings, secrets: list[str]) -> None:
+    from ..webservice import exception_lines
+
+    found.logged.update({mask(line, secrets): n for line, n in exception_lines(log).items()})
     if any(s in log for s in secrets):
         found.add("secret", "the service printed the database password")
     freed = len(re.findall(r"<psycopg\.(?:Async)?Connection .*? was deleted while still open", log))
@@ -632,6 +650,7 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
         if not path.is_file():
             raise CheckFailed(f"There is no file {file} next to this notebook.",
                               "the service file ships beside the exercises notebook: `git checkout` it if it is gone")
+        _one_at_a_time(admin)  # released when `admin` closes
         _prepare(admin)
         try:
             with _started(_service(path, env), path.name, secrets) as svc:  # phase 1: lifetimes
