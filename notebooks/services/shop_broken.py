@@ -33,7 +33,7 @@ async def health(conn: Conn):
 
 @app.get("/customers/{customer_id}/orders")
 async def customer_orders(customer_id: int, conn: Conn, after: int = 0, limit: int = 20):
-    orders = conn.execute(  # WRONG (lesson 07): blocks the loop; and the transaction it opens is never ended
+    orders = conn.execute(  # WRONG (lesson 07): blocks the loop; the transaction it opens lasts until the object is freed
         "SELECT id, status, created_at FROM orders WHERE customer_id = %s AND id > %s ORDER BY id LIMIT %s",
         (customer_id, after, limit)).fetchall()
     return {"orders": orders, "next": orders[-1]["id"] if len(orders) == limit else None}
