@@ -55,8 +55,8 @@ SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been 
 LOAD_REQUESTS, LOAD_CONCURRENCY = 48, 8
 OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
 SEQUENTIAL, FAILING = 20, 6  # requests in a row, then failing ones, that a pool must survive
-BLOCKED = 0.1  # seconds: a request that needs no database, slower than this and answered only after the
-# request whose query waited for a lock, was held up by it
+BLOCKED = 0.1  # seconds: a request that needs no database, slower than this and than half the time the
+# request whose query waited for a lock still took, was held up by it
 CUSTOMER, PRODUCTS = 17, (3, 11, 42)  # the wishlist the check writes
 NO_PRODUCT = 999_999
 HOSTILE = "zq' OR TRUE OR name ILIKE '"
@@ -544,8 +544,9 @@ async def _slow(client: _Client, tag: str, found: _Findings) -> None:
         # the lock is released here, whatever happened
     probed, probe_seconds, probe_end = await probe
     # A free event loop answers the probe at once, long before the waiting request ends; a blocked one only
-    # once the blocking call has returned, i.e. after that request's answer.
-    held_up = probe_end > slow_end - 0.02 and probe_seconds > max(BLOCKED, 5 * baseline)
+    # once the blocking call has returned, near the end of that request (its cleanup may still follow).
+    remaining = slow_end - (probe_end - probe_seconds)
+    held_up = probe_seconds > max(BLOCKED, 5 * baseline) and probe_seconds > 0.5 * remaining
     if waiting and (isinstance(probed, BaseException) or held_up):
         from ..bench import duration
 
