@@ -54,7 +54,7 @@ REQUEST_LIMIT = 4.0  # seconds the check waits for one answer
 SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been answered with 503 or 504
 LOAD_REQUESTS, LOAD_CONCURRENCY = 48, 8
 OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
-SEQUENTIAL, FAILING = 20, 6  # requests in a row, then failing ones, that a pool must survive
+SEQUENTIAL, FAILING = 20, 10  # requests in a row, then failing ones, that a pool must survive
 BLOCKED = 0.1  # seconds: a request that needs no database, slower than this and than half the time the
 # request whose query waited for a lock still took, was held up by it
 CUSTOMER, PRODUCTS = 17, (3, 11, 42)  # the wishlist the check writes
