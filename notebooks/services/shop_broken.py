@@ -1,5 +1,5 @@
 """The shop API as a code assistant often writes it. It works for one user at a time; lesson 09
-part 1 loads it and measures each marked line failing. Compare with shop_fixed.py.
+part 1 reads the lines marked WRONG and loads it to measure what they cost. Compare with shop_fixed.py.
 """
 
 import os
