@@ -49,7 +49,7 @@ app = FastAPI(lifespan=lifespan)
 
 
 async def get_conn(request: Request):
-    # Lesson 03: borrow from the pool; `yield`, so the connection goes back (rolled back on error) after use.
+    # Lesson 03: borrow from the pool; `yield`, so after use it commits (rolls back on error) and goes back.
     async with request.app.state.pool.connection() as conn:
         yield conn
 
