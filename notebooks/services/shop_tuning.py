@@ -25,12 +25,13 @@ async def pool_counters(request: Request):
 
 @app.put("/pool")
 async def resize_pool(size: PoolSize, request: Request):
-    # min_size = max_size = size, and wait until the new connections are open (growing only: a smaller
-    # max_size would not close connections already open).
+    # min_size = max_size = size, and wait (at most 2 s) until the new connections are open and idle in the pool
+    # ("pool_size" counts them as soon as they are asked for). Growing only: a smaller max_size would not close
+    # connections already open.
     pool = request.app.state.pool
     await pool.resize(size.size, size.size)
     for _ in range(200):
-        if pool.get_stats()["pool_size"] >= size.size:
+        if pool.get_stats()["pool_available"] >= size.size:
             break
         await asyncio.sleep(0.01)
-    return {"pool_size": pool.get_stats()["pool_size"], "pool_max": pool.max_size}
+    return {"pool_available": pool.get_stats()["pool_available"], "pool_max": pool.max_size}
