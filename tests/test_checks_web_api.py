@@ -6,6 +6,7 @@ their own), each leaving one problem in, and the shipped broken file itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
@@ -135,13 +136,39 @@ def sync_generator(request):
     yield None
 
 
+async def commits_failed_work(request):
+    pool = request.app.state.pool
+    conn = await pool.getconn()
+    try:
+        yield conn
+    finally:
+        await conn.commit()  # a failed request's work committed too
+        await pool.putconn(conn)
+
+
+async def autocommit(request):
+    async with request.app.state.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        yield conn
+
+
+async def never_yields(request):
+    async with request.app.state.pool.connection():
+        await asyncio.sleep(100)
+    yield None
+
+
 @pytest.mark.parametrize("wrong, said", [
     (returns, "not an async generator"),
     (no_finally, "never went back to the pool"),
     (swallows, "swallowed the exception"),
     (own_connection, "opened itself"),
     (sync_generator, "not an async generator"),
-], ids=["return", "yield without finally", "swallows the error", "own connection", "sync generator"])
+    (commits_failed_work, "its work was committed"),
+    (autocommit, "its work was committed"),
+    (never_yields, "did not yield a connection within 4 s"),
+], ids=["return", "yield without finally", "swallows the error", "own connection", "sync generator",
+        "commits a failed request's work", "autocommit", "never yields"])
 def test_dependency_rejects(wrong, said):
     with pytest.raises(CheckFailed, match=said) as caught:
         checks.dependency(wrong)
@@ -256,7 +283,56 @@ def test_a_dependency_that_returns_a_pooled_connection_runs_the_pool_dry(tmp_pat
 
 def test_a_timeout_answered_500_says_so(tmp_path):
     text = problems(variant(tmp_path, (CANCELED_HANDLER, "")))
+    assert named(text) == ["timeout_status"], text
     assert "answered 500" in text and "503" in text
+
+
+RETURNS = ("async def get_conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:",
+           "async def get_conn(request: Request) -> psycopg.AsyncConnection:")
+HEALTH = """async def health(conn: Conn):
+    await conn.execute("SELECT 1")"""
+SEARCH_DEF = "async def search(name: str, conn: Conn):\n"
+WISHLIST_DEF = "async def wishlist(customer_id: int, conn: Conn):\n"
+
+
+def test_a_connection_returned_from_inside_its_block_is_named_not_waited_for(tmp_path):
+    # The connection goes back to the pool while the endpoint still uses it: its session stays idle in a
+    # transaction, holding a lock on the table, and the check's own LOCK TABLE must not wait for it.
+    text = problems(variant(tmp_path, (DEPENDENCY, DEPENDENCY.replace("yield conn", "return conn")), RETURNS))
+    assert named(text) == ["idle_in_transaction"], text
+
+
+def test_a_sleep_in_one_endpoint_and_a_health_check_without_the_database(tmp_path):
+    text = problems(variant(tmp_path, ("import logging\n", "import logging\nimport time\n"),
+                            (SEARCH_DEF, SEARCH_DEF + "    time.sleep(0.2)\n"),
+                            (HEALTH, "async def health():")))
+    assert named(text) == ["blocked_loop", "health_blind"], text
+    assert "while GET /products/search waited" in text
+
+
+def test_a_sync_connection_in_health_alone_blocks_the_loop(tmp_path):
+    text = problems(variant(tmp_path, (HEALTH, """async def health():
+    with psycopg.connect(DATABASE_URL) as health_conn:
+        health_conn.execute("SELECT 1")""")),
+                    lambda url: {**env(url), "POOL_MAX": "2"})
+    assert "blocked_loop" in named(text) and "while GET /health waited" in text, text
+
+
+def test_a_timeout_in_one_endpoint_only_and_a_pool_over_the_limit_from_startup(tmp_path):
+    text = problems(variant(tmp_path, (POOL, """    pool = AsyncConnectionPool(DATABASE_URL, min_size=10, max_size=10, timeout=POOL_TIMEOUT, open=False)"""),
+                            (WISHLIST_DEF, WISHLIST_DEF + '    await conn.execute("SET LOCAL statement_timeout = 1000")\n')))
+    assert named(text) == ["too_many", "no_timeout"], text
+    assert "GET /products/search, whose query waited" in text and "held 10 connections" in text
+
+
+def test_a_timeout_too_short_and_a_pool_too_large(tmp_path):
+    text = problems(SOLUTION, lambda url: {**env(url), "POOL_MAX": "50", "STATEMENT_TIMEOUT_MS": "100"})
+    assert named(text) == ["too_many", "short_timeout"], text
+
+
+def test_a_pool_that_waits_too_little_is_not_called_dry(tmp_path):
+    text = problems(SOLUTION, lambda url: {**env(url), "POOL_MAX": "1", "POOL_TIMEOUT": "0.001"})
+    assert named(text)[0] == "pool_wait" and not {"not_given_back", "kept_on_error"} & set(named(text)), text
 
 
 # --- exercise 3: right alternatives, and the environment ------------------------------------------------
@@ -276,7 +352,7 @@ def test_right_alternatives_pass(tmp_path, replacements, capsys):
 def test_the_environment_must_pass_the_url_on():
     with pytest.raises(CheckFailed, match="did not pass on the URL"):
         checks.service(SOLUTION, lambda url: {"DATABASE_URL": url.split("?")[0], "POOL_MAX": "4"})
-    with pytest.raises(CheckFailed, match="dict of str"):
+    with pytest.raises(CheckFailed, match="not strings \\('POOL_MAX': int\\)"):
         checks.service(SOLUTION, lambda url: {"DATABASE_URL": url, "POOL_MAX": 4})
 
 

@@ -61,6 +61,11 @@ CUSTOMER, PRODUCTS = 17, (3, 11, 42)  # the wishlist the check writes
 NO_PRODUCT = 999_999
 HOSTILE = "zq' OR TRUE OR name ILIKE '"
 SEARCHES = ("Lamp", "backpack", "KETTLE", "Eco")
+ROLE_LIMIT, RESERVED = 5, 1  # the limited role's connection limit, as the task states it, and one kept free
+POOL_LIMIT = ROLE_LIMIT - RESERVED  # sessions the service may hold at once, from startup on
+LOCK_TIMEOUT = "2s"  # the check's own wait for its lock: a session of the service holding the table fails it
+SHORT_WAIT = 0.3  # seconds a query waits for a lock that a timeout of 0.5 s or more must survive
+LATENCY_MS = 150  # added each way to every database round trip while each endpoint is probed for the loop
 PROBE_PATH = "/pgcourse-check-probe"  # no such route: a 404 answered by the framework without the database
 
 
@@ -134,9 +139,31 @@ async def _lend(fn, request) -> tuple[contextlib.AbstractAsyncContextManager, An
                           "write `async def get_conn(request):` with `yield conn` inside `async with"
                           " request.app.state.pool.connection() as conn:` (lesson 09, part 2)")
     cm = contextlib.asynccontextmanager(fn)(request)
-    async with asyncio.timeout(REQUEST_LIMIT):
-        conn = await cm.__aenter__()
+    try:
+        async with asyncio.timeout(REQUEST_LIMIT):
+            conn = await cm.__aenter__()
+    except TimeoutError:
+        raise CheckFailed(f"get_conn did not yield a connection within {REQUEST_LIMIT:g} s.",
+                          "yield as soon as the pool lends a connection: `async with pool.connection() as conn:"
+                          " yield conn`") from None
     return cm, conn
+
+
+FAILED_WORK = "pgcourse_failed_request"  # a temporary table the failing request creates: rolled back, it is gone
+
+
+async def _kept_work(pool) -> bool:
+    """True if a connection of the pool still has the failed request's table (its work was committed)."""
+    async with pool.connection() as first, pool.connection() as second:
+        kept = False
+        for conn in (first, second):
+            await conn.rollback()  # whatever state the learner's code left it in
+            cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"pg_temp.{FAILED_WORK}",))
+            if (await cur.fetchone())[0]:
+                kept = True
+                await conn.execute(_sql.SQL("DROP TABLE {}").format(_sql.Identifier(FAILED_WORK)))
+                await conn.commit()
+        return kept
 
 
 async def _dependency_run(fn, tag: str) -> None:
@@ -174,7 +201,10 @@ async def _dependency_run(fn, tag: str) -> None:
                                       " for you")
             for how in ("error", "cancelled"):  # a failing request, then one abandoned (client went away)
                 cm, conn = await _lend(fn, request)
-                await conn.execute("SELECT 1")  # its transaction is open, as a failing endpoint's would be
+                if how == "error":  # work that must not outlive the failed request
+                    await conn.execute(_sql.SQL("CREATE TEMPORARY TABLE {} (n int)").format(_sql.Identifier(FAILED_WORK)))
+                else:
+                    await conn.execute("SELECT 1")  # its transaction is open, as a failing endpoint's would be
                 exc = _RequestFailed("the endpoint failed") if how == "error" else asyncio.CancelledError()
                 try:
                     swallowed = await cm.__aexit__(type(exc), exc, None)
@@ -195,6 +225,13 @@ async def _dependency_run(fn, tag: str) -> None:
                                       " request waits for a connection, then fails.",
                                       "give it back in a `finally:` (or with `async with pool.connection()`), which"
                                       " runs however the request ends (lesson 09, part 2)")
+            kept = await _kept_work(pool)
+            if kept:
+                raise CheckFailed("When the request failed, its work was committed: a table the failing request had"
+                                  " created in its transaction was still there after the connection went back.",
+                                  "give the connection back without committing when the request raises (`async with"
+                                  " pool.connection()` rolls back then); never commit in a `finally:`, and leave the"
+                                  " connection out of autocommit")
             await asyncio.sleep(0.2)
             stuck = [s for s in sessions_of(observer, tag) if s["state"] and s["state"].startswith("idle in transaction")]
             if stuck:
@@ -223,12 +260,19 @@ async def _dependency_run(fn, tag: str) -> None:
 
 def dependency(fn) -> None:
     """Exercise 2: get_conn(request) lends a pooled connection and gets it back however the request ends."""
+    import logging
+
     tag = new_tag(2)
+    pool_log = logging.getLogger("psycopg.pool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)  # its warning on a connection given back mid-transaction is the check's to judge
     try:
         run_async(_guarded_dependency(fn, tag))
     except (CheckFailed, NotDone):
         stop_sessions(tag)  # a connection the learner's code kept: the check's pool is closed already
         raise
+    finally:
+        pool_log.setLevel(level)
     with check_connect(autocommit=True) as observer:
         left = wait_for_sessions_to_end(observer, tag, wait=3)
     if left:
@@ -248,7 +292,7 @@ async def _guarded_dependency(fn, tag: str) -> None:
         raise NotDone("Exercise 2 is not done yet: replace the `raise NotImplementedError` line with your code,"
                       " run that cell, then run this check again.") from None
     except TimeoutError:
-        raise CheckFailed("get_conn did not finish within 60 s; the check gave up on it.",
+        raise CheckFailed("The check's requests through get_conn had not all ended after 60 s; it gave up on them.",
                           "look for an await that waits on a connection your own code holds") from None
     except (CheckFailed, NotDone):
         raise
@@ -269,12 +313,28 @@ PROBLEMS = {
     "per_request": ("a new connection for every request",
                     "open one pool in the lifespan and borrow from it in the dependency (lesson 03, part 1;"
                     " lesson 09, part 1)"),
+    "too_many": ("more connections than the role may open",
+                 f"size the pool with `pool_max({ROLE_LIMIT}, 1, {RESERVED})`: at most {POOL_LIMIT} connections at"
+                 " once, from startup on (a pool's min_size counts too; lesson 09, part 2)"),
     "returned": ("connections left to the garbage collector",
                  "the dependency must `yield` the connection and give it back after, not `return` it"
                  " (lesson 08, part 1; lesson 09, part 2)"),
     "not_given_back": ("connections never given back",
                        "`yield` inside `async with pool.connection() as conn:`, so the pool gets it back when the"
                        " request ends (lesson 09, part 2)"),
+    "pool_wait": ("a pool that lets a request wait too little",
+                  "give the pool's checkout timeout (POOL_TIMEOUT) a second or two: a request should wait that long"
+                  " for a connection another request is giving back before it fails with 503 (lesson 03)"),
+    "idle_in_transaction": ("sessions left idle in a transaction",
+                            "`yield` the connection inside `async with pool.connection() as conn:`; never `return`"
+                            " it from inside that block (it goes back to the pool while you still use it) and"
+                            " never share one connection between requests (lesson 09, part 2)"),
+    "uncommitted": ("writes never committed",
+                    "end each write's transaction: `async with conn.transaction():` commits when the block ends, and"
+                    " a connection given back to the pool mid-transaction is rolled back (lesson 04, part 1)"),
+    "hung": ("requests that never ended",
+             "look for a request that waits on something another request holds: a connection used after it went"
+             " back to the pool, or one connection shared by every request (lesson 09, part 2)"),
     "kept_on_error": ("a failed request keeps its connection",
                       "give the connection back in a `finally:` or with `async with`, which also runs when the request"
                       " raises (lesson 09, part 2)"),
@@ -286,11 +346,23 @@ PROBLEMS = {
     "no_timeout": ("no statement timeout",
                    "give every connection a statement_timeout (the `options` connection parameter) and answer"
                    " QueryCanceled with 503 (lesson 02, part 2; lesson 04, part 1)"),
+    "short_timeout": ("a statement timeout too short",
+                      "the task asks for 0.5 to 2 s: a query that waits a moment for a lock is normal, and must"
+                      " still succeed (lesson 02, part 2)"),
+    "timeout_status": ("a cancelled query answered with the wrong status",
+                       "answer QueryCanceled (and PoolTimeout) with 503 in an exception handler, so that clients"
+                       " know to retry later (lesson 09, part 1)"),
     "errors_hidden": ("errors hidden",
                       "let database errors reach an exception handler that answers with an error status; never"
                       " catch everything and answer success (lesson 09, part 1)"),
+    "health_blind": ("a health check that does not ask the database",
+                     "make /health run a query (`SELECT 1`) on a pooled connection, so that it fails when the"
+                     " database cannot be reached (lesson 09, part 1)"),
     "pool_left_open": ("the pool left open at shutdown",
                        "close the pool after the lifespan's `yield` (lesson 09, part 3)"),
+    "no_shutdown": ("a shutdown that never ends",
+                    "the lifespan's code after `yield` must finish: close the pool and wait for nothing else"
+                    " (lesson 09, part 3)"),
     "contract": ("an endpoint no longer keeps its contract",
                  "keep every path, parameter and JSON shape the file's docstring lists"),
     "secret": ("the password in the service's log",
@@ -414,6 +486,13 @@ def _json(response) -> Any:
         return None
 
 
+async def _answered_later(client: _Client) -> bool:
+    """After a failed /health: does one sent 1 s later succeed (the pool is not dry, it only waits too little)?"""
+    await asyncio.sleep(1.0)
+    again, _ = await client.send("GET", "/health")
+    return not isinstance(again, BaseException) and again.status_code == 200
+
+
 async def _lifetimes(svc, found: _Findings) -> None:
     """Phase 1: requests in a row, then failing ones: a pool whose connections are not given back runs dry."""
     client = _Client(svc.url)
@@ -423,6 +502,11 @@ async def _lifetimes(svc, found: _Findings) -> None:
             if isinstance(response, BaseException) or response.status_code != 200:
                 if i == 0:
                     found.add("contract", f"GET /health answered {_shown(response)}, not 200 {{\"status\": \"ok\"}}")
+                    return
+                if await _answered_later(client):
+                    found.add("pool_wait", f"{i} requests in a row were answered, then GET /health got"
+                                           f" {_shown(response)}, yet one sent 1 s later was answered: the"
+                                           " connections do come back, but a request waits too little for one")
                 else:
                     found.add("not_given_back", f"{i} requests in a row were answered, then GET /health got"
                                                 f" {_shown(response)}: the connections lent before were never"
@@ -436,6 +520,11 @@ async def _lifetimes(svc, found: _Findings) -> None:
         for _ in range(3):
             response, _ = await client.send("GET", "/health")
             if isinstance(response, BaseException) or response.status_code != 200:
+                if await _answered_later(client):
+                    found.add("pool_wait", f"after {FAILING} requests that failed in the database, GET /health got"
+                                           f" {_shown(response)}, yet one sent 1 s later was answered: the"
+                                           " connections do come back, but a request waits too little for one")
+                    return
                 found.add("kept_on_error", f"after {FAILING} requests that failed in the database (a product that"
                                            f" does not exist), GET /health got {_shown(response)}: each failed"
                                            " request kept its connection")
@@ -475,8 +564,9 @@ async def _basics(client: _Client, admin: psycopg.Connection, found: _Findings) 
             return
     rows = _wishlist_rows(admin, CUSTOMER)
     if rows != [(PRODUCTS[0], 5), (PRODUCTS[1], 4)]:
-        found.add("contract", f"after three POSTs that answered 201, the table holds {rows} for customer {CUSTOMER},"
-                              f" not {[(PRODUCTS[0], 5), (PRODUCTS[1], 4)]}: the writes were not all committed")
+        found.add("uncommitted", f"after three POSTs that answered 201, the table holds {rows} for customer"
+                                 f" {CUSTOMER}, not {[(PRODUCTS[0], 5), (PRODUCTS[1], 4)]}: the writes were not all"
+                                 " committed")
         return
     response, _ = await client.send("GET", f"/customers/{CUSTOMER}/wishlist")
     body = _json(response) if not isinstance(response, BaseException) else None
@@ -530,42 +620,121 @@ async def _waiting_on_lock(tag: str, limit: float) -> bool:
     return False
 
 
-async def _slow(client: _Client, tag: str, found: _Findings) -> None:
-    """A query stuck behind the check's lock: answered 503/504 in time, and the event loop free meanwhile."""
-    baseline = min([(await client.send("GET", PROBE_PATH))[1] for _ in range(3)])
-    table = _sql.Identifier(SCHEMA, "wishlist")
+@contextlib.asynccontextmanager
+async def _locked(table_name: str, found: _Findings, tag: str):
+    """The check holds `table` in ACCESS EXCLUSIVE mode; yields False when a session of the service kept it."""
     async with await psycopg.AsyncConnection.connect(database_url(), application_name=CHECK_APP) as locker:
         async with locker.transaction():
-            await locker.execute(_sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
-            slow = asyncio.ensure_future(client.ended("GET", f"/customers/{CUSTOMER}/wishlist", timeout=SLOW_LIMIT + 1))
-            waiting = await _waiting_on_lock(tag, 2.0)
-            probe = asyncio.ensure_future(client.ended("GET", PROBE_PATH, timeout=SLOW_LIMIT + 2))
-            response, seconds, slow_end = await slow
+            await locker.execute(_sql.SQL("SET LOCAL lock_timeout = {}").format(_sql.Literal(LOCK_TIMEOUT)))
+            try:
+                await locker.execute(_sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    _sql.Identifier(*table_name.split("."))))
+            except psycopg.errors.LockNotAvailable:
+                idle = await _idle_sessions(tag, 0.0)
+                found.add("idle_in_transaction", f"the check could not lock {table_name} within"
+                                                 f" {LOCK_TIMEOUT}: {idle} of the service's sessions held it, idle"
+                                                 " in a transaction that no request was running")
+                yield False
+                return
+            yield True
         # the lock is released here, whatever happened
+
+
+async def _idle_sessions(tag: str, older: float) -> int:
+    """The service's sessions idle in a transaction for more than `older` seconds."""
+    async with await psycopg.AsyncConnection.connect(database_url(), autocommit=True,
+                                                     application_name=CHECK_APP) as observer:
+        cur = await observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state LIKE 'idle in transaction%%'"
+            " AND clock_timestamp() - state_change > make_interval(secs => %s)", (tag, older))
+        return (await cur.fetchone())[0]
+
+
+async def _slow(client: _Client, tag: str, found: _Findings, table_name: str, path: str,
+                params: dict | None = None) -> None:
+    """A query stuck behind the check's lock: answered 503/504 in time, and the event loop free meanwhile."""
+    from ..bench import duration
+
+    baseline = min([(await client.send("GET", PROBE_PATH))[1] for _ in range(3)])
+    async with _locked(table_name, found, tag) as locked:
+        if not locked:
+            return
+        slow = asyncio.ensure_future(client.ended("GET", path, params=params, timeout=SLOW_LIMIT + 1))
+        waiting = await _waiting_on_lock(tag, 2.0)
+        probe = asyncio.ensure_future(client.ended("GET", PROBE_PATH, timeout=SLOW_LIMIT + 2))
+        response, seconds, slow_end = await slow
     probed, probe_seconds, probe_end = await probe
     # A free event loop answers the probe at once, long before the waiting request ends; a blocked one only
     # once the blocking call has returned, near the end of that request (its cleanup may still follow).
     remaining = slow_end - (probe_end - probe_seconds)
     held_up = probe_seconds > max(BLOCKED, 5 * baseline) and probe_seconds > 0.5 * remaining
     if waiting and (isinstance(probed, BaseException) or held_up):
-        from ..bench import duration
-
-        found.add("blocked_loop", f"while one request waited for a lock, a request that needs no database took"
+        found.add("blocked_loop", f"while GET {path} waited for a lock, a request that needs no database took"
                                   f" {duration(probe_seconds)} instead of {duration(baseline)}: the event loop was held"
                                   " up by the waiting request")
-    from ..bench import duration
-
     if isinstance(response, BaseException) or seconds > SLOW_LIMIT:
-        found.add("no_timeout", f"a request whose query waited for a lock got {_shown(response)} after"
-                                f" {duration(seconds)} (the check released the lock then); it should fail within"
+        found.add("no_timeout", f"GET {path}, whose query waited for a lock on {table_name}, got {_shown(response)}"
+                                f" after {duration(seconds)} (the check released the lock then); it should fail within"
                                 f" {SLOW_LIMIT:g} s with 503 or 504")
     elif 200 <= response.status_code < 300:
-        found.add("errors_hidden", f"a request whose query waited for a lock answered {_shown(response)}, a success,"
-                                   f" after {duration(seconds)}")
+        found.add("errors_hidden", f"GET {path}, whose query waited for a lock, answered {_shown(response)}, a"
+                                   f" success, after {duration(seconds)}")
     elif response.status_code not in (503, 504):
-        found.add("no_timeout", f"a request whose query waited for a lock was stopped after {duration(seconds)},"
-                                f" but answered {_shown(response)}; a query cancelled by its timeout should answer"
-                                " 503 (or 504), so that clients know to retry later")
+        found.add("timeout_status", f"GET {path}, whose query waited for a lock, was stopped after"
+                                    f" {duration(seconds)}, but answered {_shown(response)}; a query cancelled by"
+                                    " its timeout should answer 503 (or 504)")
+
+
+async def _short_wait(client: _Client, tag: str, found: _Findings) -> None:
+    """A query that waits SHORT_WAIT s for a lock must succeed: a timeout of 0.5 s or more lets it."""
+    async with _locked(f"{SCHEMA}.wishlist", found, tag) as locked:
+        if not locked:
+            return
+        slow = asyncio.ensure_future(client.send("GET", f"/customers/{CUSTOMER}/wishlist"))
+        await asyncio.sleep(SHORT_WAIT)
+    response, _ = await slow
+    if not isinstance(response, BaseException) and response.status_code in (503, 504):
+        found.add("short_timeout", f"GET /customers/{CUSTOMER}/wishlist, whose query waited {SHORT_WAIT:g} s for a"
+                                   f" lock, answered {_shown(response)}: its timeout is under the task's 0.5 s")
+
+
+async def _loop_free(client: _Client, lab, found: _Findings) -> None:
+    """Every endpoint, while the proxy slows each database round trip: a request without database meanwhile."""
+    from ..bench import duration
+
+    baseline = min([(await client.send("GET", PROBE_PATH))[1] for _ in range(3)])
+    calls = [("GET", "/health", None), ("GET", "/products/search", None),
+             ("GET", f"/customers/{CUSTOMER}/wishlist", None),
+             ("POST", f"/customers/{CUSTOMER + 1}/wishlist", {"product_id": PRODUCTS[2], "quantity": 1})]
+    lab.latency_ms = LATENCY_MS
+    try:
+        for method, path, body in calls:
+            params = {"name": SEARCHES[0]} if path == "/products/search" else None
+            held = []
+            for _ in range(2):  # held up twice in a row: not the noise of a busy machine
+                request = asyncio.ensure_future(client.send(method, path, json=body, params=params))
+                await asyncio.sleep(0.03)
+                probed, probe_seconds = await client.send("GET", PROBE_PATH)
+                await request
+                if isinstance(probed, BaseException) or probe_seconds <= max(BLOCKED, 5 * baseline):
+                    break
+                held.append(probe_seconds)
+            if len(held) == 2:
+                found.add("blocked_loop", f"while {method} {path} waited for the database (the proxy slowed each"
+                                          f" round trip by {2 * LATENCY_MS} ms), a request that needs no database"
+                                          f" took {duration(min(held))} instead of {duration(baseline)}: that"
+                                          " endpoint held up the event loop")
+    finally:
+        lab.latency_ms = 0
+
+
+async def _health_blind(client: _Client, lab, found: _Findings) -> None:
+    """While the proxy holds every byte, /health must not answer 200: it would say a cut-off service is well."""
+    with lab.blackhole():
+        response, _ = await client.send("GET", "/health", timeout=1.5)
+    if not isinstance(response, BaseException) and response.status_code == 200:
+        found.add("health_blind", f"while the proxy let no byte through to the database, GET /health answered"
+                                  f" {_shown(response)}")
 
 
 async def _hidden_errors(client: _Client, admin: psycopg.Connection, found: _Findings) -> None:
@@ -586,8 +755,19 @@ async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findin
     try:
         await _basics(client, admin, found)
         await _load(svc, lab, found)
-        await _slow(client, tag, found)
+        await asyncio.sleep(0.6)  # a request's own transaction ends with it; these outlived their requests
+        idle = await _idle_sessions(tag, 0.5)
+        if idle:
+            found.add("idle_in_transaction", f"after the load had ended, {idle} of its sessions sat idle in a"
+                                             " transaction that no request was running, holding locks")
+        else:  # a session holding the table would make the check's lock wait: these need it free
+            await _slow(client, tag, found, f"{SCHEMA}.wishlist", f"/customers/{CUSTOMER}/wishlist")
+            await _slow(client, tag, found, "products", "/products/search", {"name": SEARCHES[0]})
+            if not {"no_timeout", "idle_in_transaction"} & set(found.problems):
+                await _short_wait(client, tag, found)
         await _hidden_errors(client, admin, found)
+        await _loop_free(client, lab, found)
+        await _health_blind(client, lab, found)
     finally:
         await client.close()
 
@@ -623,9 +803,14 @@ def _from_log(log: str, found: _Findings, secrets: list[str]) -> None:
 
 def _env_from(fn, url: str) -> dict[str, str]:
     env = run(3, fn, url, timeout=10, hint="service_env only builds a dict from its argument and your settings")
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+    if not isinstance(env, dict):
         raise CheckFailed(f"service_env returned {type(env).__name__}, not a dict of str to str.",
                           "return the environment variables your service reads, every value a string")
+    wrong = sorted(f"{k!r}: {type(v).__name__}" for k, v in env.items() if not (isinstance(k, str) and isinstance(v, str)))
+    if wrong:
+        raise CheckFailed(f"service_env returned a dict with values that are not strings ({', '.join(wrong)}):"
+                          " an environment holds only strings.",
+                          "write each value as a string, `str(pool_max(5, 1, 1))` for a number")
     if env.get("DATABASE_URL") != url:
         raise CheckFailed("service_env did not pass on the URL it was given as DATABASE_URL.",
                           "set DATABASE_URL to the `database_url` argument: the check routes and tags it so that"
@@ -644,7 +829,8 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
 
     tag = new_tag(3)
     found = _Findings()
-    with check_connect(autocommit=True) as admin, NetLab(database_url()) as lab:
+    # packet_level=False: an outage only stops the proxy forwarding, so that the service's connections recover at once
+    with check_connect(autocommit=True) as admin, NetLab(database_url(), packet_level=False) as lab:
         url = with_params(lab.url, application_name=tag)
         env = _env_from(service_env, url)
         secrets = secrets_in(url)
@@ -654,24 +840,32 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
         _one_at_a_time(admin)  # released when `admin` closes
         _prepare(admin)
         try:
-            with _started(_service(path, env), path.name, secrets) as svc:  # phase 1: lifetimes
-                run_async(asyncio.wait_for(_lifetimes(svc, found), 60))
+            with _Peak(lab) as peak, _started(_service(path, env), path.name, secrets) as svc:  # phase 1: lifetimes
+                _within(_lifetimes(svc, found), 60, found, path.name, "20 requests in a row, then 10 failing ones")
                 first_log = svc.log
+            _too_many(peak, found)
             wait_for_sessions_to_end(admin, tag, wait=3)
             _from_log(first_log, found, secrets)
             if "not_given_back" in found.problems:
                 found.stopped_early = ("The check stopped there: a service whose pool has run dry answers nothing"
                                        " more. Fix this, and it will look for more.")
                 raise found.verdict(path.name)
-            svc = _started(_service(path, env), path.name, secrets)  # phase 2: contract, load, slow, errors
-            try:
-                run_async(asyncio.wait_for(_examine(svc, lab, tag, admin, found), 90))
-                before = _abandoned(admin)
-                code = svc.stop(signal.SIGTERM, timeout=10)
-            finally:
-                svc.__exit__(None, None, None)
+            with _Peak(lab) as peak:
+                svc = _started(_service(path, env), path.name, secrets)  # phase 2: contract, load, slow, errors
+                try:
+                    _within(_examine(svc, lab, tag, admin, found), 90, found, path.name,
+                            "the contract, the load, the locks and the slowed database")
+                    before = _abandoned(admin)
+                    code = svc.stop(signal.SIGTERM, timeout=10)
+                finally:
+                    svc.__exit__(None, None, None)
+            _too_many(peak, found)
             _shutdown(admin, tag, before, code, found)
             _from_log(svc.log, found, secrets)
+        except psycopg.errors.UndefinedTable:
+            raise CheckFailed(f"The check's table {SCHEMA}.wishlist vanished during the run: something else dropped"
+                              " it (another run of this check in an older version, or your own code).",
+                              "run the check again, with nothing else using that schema") from None
         finally:
             stop_sessions(tag)
             _drop(admin)
@@ -682,10 +876,49 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
               " in time, refused writes answered as errors, and every session ended properly at shutdown.")
 
 
+class _Peak:
+    """The most connections the service held open through the proxy at once, sampled every 10 ms."""
+
+    def __init__(self, lab):
+        import threading
+
+        self.lab, self.peak, self.stop = lab, 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="pgcourse-peak", daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.01):
+            self.peak = max(self.peak, self.lab.connections - self.before)
+
+    def __enter__(self) -> _Peak:
+        self.before = self.lab.connections  # what an earlier phase left is not this phase's
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _too_many(peak: _Peak, found: _Findings) -> None:
+    if peak.peak > POOL_LIMIT and "per_request" not in found.problems:  # a connection per request: named already
+        found.add("too_many", f"it held {peak.peak} connections at once; its role may open {ROLE_LIMIT}, one of"
+                              f" them kept free, so {POOL_LIMIT} at most")
+
+
+def _within(coro, seconds: float, found: _Findings, file: str, what: str) -> None:
+    """Run a phase of the check; past `seconds` its verdict says so, with what was found before."""
+    try:
+        run_async(asyncio.wait_for(coro, seconds))
+    except TimeoutError:
+        found.add("hung", f"the check's requests ({what}) had not ended after {seconds:g} s")
+        found.stopped_early = "The check stopped there: a service that no longer answers can be examined no further."
+        raise found.verdict(file) from None
+
+
 def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int | None, found: _Findings) -> None:
     if code == -signal.SIGKILL:  # uvicorn ends with 0 or -SIGTERM (it re-raises the signal) when it shuts down
-        found.add("pool_left_open", "after SIGTERM the service did not finish shutting down within 10 s, and was"
-                                    " killed")
+        found.add("no_shutdown", "after SIGTERM the service did not finish shutting down within 10 s, and was"
+                                 " killed")
     left = wait_for_sessions_to_end(admin, tag, wait=3)
     if left:
         found.add("pool_left_open", f"{len(left)} of its sessions were still on the server 3 s after it stopped")
