@@ -280,7 +280,8 @@ def dependency(fn) -> None:
         raise CheckFailed(f"{len(left)} session(s) of the check's pool stayed open after the pool was closed.",
                           "yield a connection borrowed from the pool; never open one of your own")
     passed(2, "9 requests on a pool of 2: successes, a failure and a cancellation each gave the connection back,"
-              " the failure's exception reached FastAPI, and a waiting request got the connection another gave back.")
+              " the failure's work was rolled back and its exception reached FastAPI, and a waiting request got the"
+              " connection another gave back.")
 
 
 async def _guarded_dependency(fn, tag: str) -> None:
@@ -338,9 +339,10 @@ PROBLEMS = {
     "kept_on_error": ("a failed request keeps its connection",
                       "give the connection back in a `finally:` or with `async with`, which also runs when the request"
                       " raises (lesson 09, part 2)"),
-    "blocked_loop": ("a blocking driver call inside `async def`",
-                     "await an async driver (psycopg's AsyncConnectionPool) in `async def` endpoints, or make them"
-                     " plain `def` so FastAPI runs them in its thread pool (lesson 07, part 1)"),
+    "blocked_loop": ("a blocking call inside `async def`",
+                     "in `async def` endpoints await an async driver (psycopg's AsyncConnectionPool) and"
+                     " `asyncio.sleep`, never a sync driver or `time.sleep`; or make them plain `def` so FastAPI"
+                     " runs them in its thread pool (lesson 07, part 1)"),
     "injection": ("SQL built from the request's text",
                   "pass the value as a parameter (`%s`), never inside an f-string (lesson 01, part 1)"),
     "no_timeout": ("no statement timeout",
@@ -871,9 +873,11 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
             _drop(admin)
     if found.problems:
         raise found.verdict(path.name)
-    passed(3, "one pool for many requests, each connection given back (also by failed requests), the event loop"
-              " free while a query waited, a hostile search value kept out of the SQL, a stuck query answered 503"
-              " in time, refused writes answered as errors, and every session ended properly at shutdown.")
+    passed(3, f"one pool of at most {POOL_LIMIT} connections for many requests, each given back (also by failed"
+              " requests) and none left idle in a transaction, the event loop free while each endpoint waited for"
+              " the database, a hostile search value kept out of the SQL, a stuck query answered 503 in time on two"
+              " endpoints while a short wait succeeded, /health failing without the database, refused writes"
+              " answered as errors, and every session ended properly at shutdown.")
 
 
 class _Peak:
