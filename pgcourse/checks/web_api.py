@@ -84,7 +84,8 @@ def pool_max(fn: Callable[[int, int, int], int]) -> None:
         call = f"pool_max({limit}, {workers}, {reserved})"
         if right is None:
             try:
-                got = run(1, fn, *args, allowed=(ValueError,), timeout=10)
+                got = run(1, fn, *args, allowed=(ValueError,), timeout=10,
+                          hint=f"{call} must raise ValueError (no other exception): not even a pool of one fits")
             except ValueError:
                 continue
             raise CheckFailed(f"{call} returned {got!r}, but {workers} workers with a pool of even one connection"
@@ -785,7 +786,10 @@ def _started(svc, file: str, secrets: list[str]):
     try:
         svc.start(timeout=START_LIMIT)
     except RuntimeError as exc:
-        raise CheckFailed(f"{file} did not start: {mask(str(exc), secrets)}",
+        text = mask(str(exc), secrets).rstrip()
+        if text.endswith("Its log ends:"):  # uvicorn logs nothing until the lifespan has reached its `yield`
+            text += " (nothing: the lifespan never reached its `yield`, or the service logs nothing)"
+        raise CheckFailed(f"{file} did not start: {text}",
                           "run the service by hand in a terminal (`uvicorn ...`) and read the error") from None
     return svc
 
