@@ -765,11 +765,13 @@ async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findin
                                              " transaction that no request was running, holding locks")
         else:  # a session holding the table would make the check's lock wait: these need it free
             await _slow(client, tag, found, f"{SCHEMA}.wishlist", f"/customers/{CUSTOMER}/wishlist")
-            await _slow(client, tag, found, "products", "/products/search", {"name": SEARCHES[0]})
+            if "no_timeout" not in found.problems:  # the second endpoint's timeout: named once is enough
+                await _slow(client, tag, found, "products", "/products/search", {"name": SEARCHES[0]})
             if not {"no_timeout", "idle_in_transaction"} & set(found.problems):
                 await _short_wait(client, tag, found)
         await _hidden_errors(client, admin, found)
-        await _loop_free(client, lab, found)
+        if "blocked_loop" not in found.problems:  # each endpoint in turn: what the lock did not show
+            await _loop_free(client, lab, found)
         await _health_blind(client, lab, found)
     finally:
         await client.close()
@@ -927,6 +929,7 @@ def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int
     if code == -signal.SIGKILL:  # uvicorn ends with 0 or -SIGTERM (it re-raises the signal) when it shuts down
         found.add("no_shutdown", "after SIGTERM the service did not finish shutting down within 10 s, and was"
                                  " killed")
+        return  # its sessions then vanished with the process: that says nothing more about its pool
     left = wait_for_sessions_to_end(admin, tag, wait=3)
     if left:
         found.add("pool_left_open", f"{len(left)} of its sessions were still on the server 3 s after it stopped")
