@@ -605,6 +605,11 @@ async def _load(svc, lab, found: _Findings) -> None:
     errors = load.errors()
     if errors:
         kinds = ", ".join(f"{kind} ×{n}" for kind, n in sorted(errors.items()))
+        if all(str(kind).startswith("503") for kind in errors):  # refused for want of a connection, or too slow
+            found.add("pool_wait", f"under a load of {LOAD_REQUESTS} requests ({LOAD_CONCURRENCY} at a time),"
+                                   f" {sum(errors.values())} were answered 503 ({kinds}) although nothing in the"
+                                   " database was slow: requests gave up waiting for a connection too soon")
+            return
         found.add("contract", f"under a load of {LOAD_REQUESTS} requests ({LOAD_CONCURRENCY} at a time),"
                               f" {sum(errors.values())} failed: {kinds}")
 
@@ -854,8 +859,8 @@ def service(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> N
             _too_many(peak, found)
             wait_for_sessions_to_end(admin, tag, wait=3)
             _from_log(first_log, found, secrets)
-            if "not_given_back" in found.problems:
-                found.stopped_early = ("The check stopped there: a service whose pool has run dry answers nothing"
+            if {"not_given_back", "kept_on_error"} & set(found.problems):
+                found.stopped_early = ("The check stopped there: a service whose pool runs dry answers nothing"
                                        " more. Fix this, and it will look for more.")
                 raise found.verdict(path.name)
             with _Peak(lab) as peak:
