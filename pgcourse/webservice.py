@@ -9,6 +9,7 @@ file, and stops it with a signal, as a process manager would.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import re
@@ -25,6 +26,20 @@ from pathlib import Path
 __all__ = ["Service", "free_port", "exception_lines"]
 
 START_TIMEOUT = 30.0  # seconds for uvicorn, the imports and the lifespan's startup (a pool filling up)
+
+# The services of this process that are still running. The child runs in a session of its own (so that a
+# signal reaches it and its workers alone), which also means that it outlives a kernel that ends or
+# restarts while a cell between start() and stop() failed: stop them all when this interpreter exits.
+_RUNNING: set[Service] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for service in list(_RUNNING):
+        try:
+            service.stop(timeout=5.0)
+        except Exception:
+            pass
 
 
 def free_port() -> int:
@@ -95,6 +110,7 @@ class Service:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        _RUNNING.add(self)
         self._wait_ready(timeout)
         return self
 
@@ -122,6 +138,7 @@ class Service:
         if self.process is None:
             return self.returncode
         process, self.process = self.process, None
+        _RUNNING.discard(self)
         group = self._children(process.pid)
         if process.poll() is None:
             try:

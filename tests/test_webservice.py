@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from pgcourse import loadgen
 from pgcourse.checks import with_params
 from pgcourse.webservice import Service, exception_lines
 
+ROOT = Path(__file__).resolve().parents[1]
 APP = '''
 import os
 
@@ -95,6 +99,18 @@ def test_a_service_killed_takes_its_workers_with_it(app_dir):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_service_left_running_stops_when_the_interpreter_exits(app_dir):
+    # A kernel that ends (or restarts) after a cell failed between start() and stop() must not leave uvicorn behind.
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from pgcourse.webservice import Service\n"
+              f"svc = Service('tiny:app', app_dir={str(app_dir)!r}).start()\n"
+              "print(svc.pids()[0])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid = int(done.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_exception_lines_take_the_last_line_of_each_traceback():
