@@ -39,6 +39,7 @@ class Right:
     name: str
     why: str
     whole_server_only: bool = False  # granted only where the learner owns the whole server
+    since: int = SUPPORTED[0]  # the first major version that has it
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Withheld:
     exists: tuple[int, ...] = SUPPORTED
     granted_before: bool = False  # earlier versions of the course granted it; provisioning revokes it
 
+
+LOGGED_SETTING = "log_min_duration_statement"  # a superuser's setting: from 15 on, GRANT SET ON PARAMETER opens it
 
 # The learner role is not a superuser. These are the only extra rights it gets, and why. The demo roles
 # and the server-side COPY go through narrow SECURITY DEFINER functions (pgcourse/sql/tools.sql), the
@@ -68,6 +71,9 @@ LEARNER_RIGHTS = (
           "see every session in pg_stat_activity (lesson 03 watches learner_limited's) and every query in"
           " pg_stat_statements", whole_server_only=True),
     Right("EXECUTE on pg_stat_statements_reset", "reset query statistics before measuring", whole_server_only=True),
+    Right(f"SET on {LOGGED_SETTING}",
+          "lesson 10 has its own slow statements written to the server's log (its own sessions only)",
+          whole_server_only=True, since=15),
 )
 
 WITHHELD = (
@@ -104,7 +110,7 @@ WITHHELD = (
 
 def rights_for(major: int, whole_server: bool) -> tuple[Right, ...]:
     """What the learner role gets on a server of this major version."""
-    return tuple(r for r in LEARNER_RIGHTS if whole_server or not r.whole_server_only)
+    return tuple(r for r in LEARNER_RIGHTS if (whole_server or not r.whole_server_only) and major >= r.since)
 
 
 def check_rights(major: int, rights: tuple[Right, ...]) -> None:
@@ -124,7 +130,7 @@ def rights_table() -> str:
     lines = [f"| the learner gets | why | {head} |", f"| --- | --- | {rule} |"]
     for r in LEARNER_RIGHTS:
         cell = "own server" if r.whole_server_only else "yes"
-        lines.append(f"| `{r.name}` | {r.why} | {' | '.join(cell for _ in SUPPORTED)} |")
+        lines.append(f"| `{r.name}` | {r.why} | {' | '.join(cell if v >= r.since else '-' for v in SUPPORTED)} |")
     lines += ["", f"| never granted | what it would do | {head} |", f"| --- | --- | {rule} |"]
     for w in WITHHELD:
         cells = ["escape" if v in w.escapes else "not needed" if v in w.exists else "-" for v in SUPPORTED]
@@ -249,6 +255,15 @@ def ensure_rights(conn: psycopg.Connection, whole_server: bool, say=print) -> li
     elif not whole_server and "pg_read_all_stats" in members:
         _revoke_membership(conn, "pg_read_all_stats", LEARNER)
         changed.append("revoked pg_read_all_stats (not the learner's own server)")
+    if major(conn) >= 15:
+        held = conn.execute("SELECT has_parameter_privilege(%s, %s, 'SET')", (LEARNER, LOGGED_SETTING)).fetchone()[0]
+        if whole_server and not held:
+            conn.execute(sql.SQL("GRANT SET ON PARAMETER {} TO {}").format(
+                sql.Identifier(LOGGED_SETTING), sql.Identifier(LEARNER)))
+        elif not whole_server and held:
+            conn.execute(sql.SQL("REVOKE SET ON PARAMETER {} FROM {}").format(
+                sql.Identifier(LOGGED_SETTING), sql.Identifier(LEARNER)))
+            changed.append(f"revoked SET on {LOGGED_SETTING} (not the learner's own server)")
     return changed
 
 

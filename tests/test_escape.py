@@ -815,6 +815,14 @@ def test_statistics_rights_where_the_learner_owns_the_server(server):
         state = conn.execute("SELECT state FROM pg_stat_activity WHERE application_name = 'escape-limited'").fetchone()
         assert state == ("idle in transaction",)  # pg_read_all_stats: another role's session, in full
         conn.execute("SELECT pg_stat_statements_reset()")
+    if server.major < 15:
+        return
+    with server.learner() as conn, psycopg.connect(server.limited_url, autocommit=True) as limited:
+        conn.execute("SET log_min_duration_statement = 0")  # lesson 10: its own statements, in the log
+        assert escapes(conn, ["ALTER SYSTEM SET log_min_duration_statement = 0", "SET log_statement = 'all'",
+                              "SET log_min_messages = 'debug5'", "SET log_parameter_max_length = -1"]) == []
+        conn.execute("GRANT SET ON PARAMETER log_min_duration_statement TO learner_limited")  # no grant option:
+        assert escapes(limited, ["SET log_min_duration_statement = 0"]) == []  # a warning, and nothing granted
 
 
 # ---- db provision on someone's own server ----------------------------------------------------------
@@ -871,7 +879,8 @@ def test_db_provision_on_your_own_server_says_what_it_grants_and_refuses_an_esca
         assert "Not granted, because other people may use this server: pg_read_all_stats" in out
         values = envfile.read(tmp_path / ".env")
         with psycopg.connect(values["DATABASE_URL"], autocommit=True) as conn:
-            assert escapes(conn, ISSUE_SEQUENCE[:1] + ["SELECT pg_stat_statements_reset()"]) == []
+            assert escapes(conn, ISSUE_SEQUENCE[:1] + ["SELECT pg_stat_statements_reset()",
+                                                        "SET log_min_duration_statement = 0"]) == []
             member_of = conn.execute("SELECT count(*) FROM pg_auth_members WHERE member = 'learner'::regrole")
             assert member_of.fetchone()[0] == 0
             assert not conn.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = 'learner'").fetchone()[0]
@@ -882,6 +891,8 @@ def test_db_provision_on_your_own_server_says_what_it_grants_and_refuses_an_esca
             assert conn.execute("SELECT bool_and(has_function_privilege(oid, 'EXECUTE')) FROM pg_proc"
                                 " WHERE proname = 'pg_stat_statements_reset'").fetchone()[0]
             assert conn.execute("SELECT pg_has_role('pg_read_all_stats', 'USAGE')").fetchone()[0]
+            if major >= 15:
+                conn.execute("SET log_min_duration_statement = 0")
     finally:
         stop()
 
