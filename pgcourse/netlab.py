@@ -17,6 +17,14 @@ drops them in the kernel: the proxy's end no longer acknowledges anything, so th
 keepalives and ``tcp_user_timeout`` see a dead path (``lab.packet_level`` is True). Elsewhere the
 proxy only stops forwarding; its kernel still acknowledges every packet, which is what a hung peer
 process looks like, and only a deadline kept by the client ends the wait.
+
+`TLSProxy` is a `NetLab` that terminates TLS in front of the course server, as pgbouncer or a cloud
+proxy does (the bundled server is built without OpenSSL). It speaks PostgreSQL's encryption negotiation
+(``SSLRequest``, ``GSSENCRequest``, direct TLS with the ALPN protocol ``postgresql``) with a certificate
+the lesson makes (`server_context` turns a trustme certificate into one), refuses or forwards plaintext,
+records how each connection negotiated, and can keep the plaintext it relays (`Transcript`, read with
+`wire_messages`): what a proxy that a client trusted, honest or not, can read. With no certificate it
+answers ``N`` to every ``SSLRequest``, as a downgrading middlebox does.
 """
 
 from __future__ import annotations
@@ -25,14 +33,24 @@ import asyncio
 import contextlib
 import ctypes
 import socket
+import ssl
 import struct
 import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["NetLab", "packet_drop_supported"]
+__all__ = [
+    "NetLab",
+    "Negotiation",
+    "TLSProxy",
+    "Transcript",
+    "packet_drop_supported",
+    "server_context",
+    "wire_messages",
+]
 
 _SO_ATTACH_FILTER = 26
 _SO_DETACH_FILTER = 27
@@ -113,11 +131,21 @@ def _upstream(url: str) -> tuple[str, int]:
 class _Link:
     """One client connection and its connection to the server."""
 
-    def __init__(self, lab: NetLab, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        lab: NetLab,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        *,
+        preamble: bytes = b"",
+        transcript: Transcript | None = None,
+    ) -> None:
         self.lab = lab
         self.client_r, self.client_w = client_r, client_w
         self.server_w: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task] = []
+        self.preamble = preamble  # bytes the proxy read from the client before it forwarded anything
+        self.transcript = transcript
 
     @property
     def client_sock(self):
@@ -130,9 +158,13 @@ class _Link:
             await asyncio.sleep(2 * lab._latency)  # the TCP handshake's round trip
             await lab._flowing.wait()
             server_r, self.server_w = await asyncio.open_connection(*lab.upstream)
+            if self.preamble:
+                if self.transcript is not None:
+                    self.transcript.client.extend(self.preamble)
+                self.server_w.write(self.preamble)
             self.tasks = [
-                asyncio.ensure_future(self._pump(self.client_r, self.server_w)),
-                asyncio.ensure_future(self._pump(server_r, self.client_w)),
+                asyncio.ensure_future(self._pump(self.client_r, self.server_w, "client")),
+                asyncio.ensure_future(self._pump(server_r, self.client_w, "server")),
             ]
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         except (OSError, asyncio.CancelledError):
@@ -141,9 +173,10 @@ class _Link:
             self.close(abort=False)
             lab._links.discard(self)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: str) -> None:
         """Forward bytes from `reader` to `writer`, each chunk `latency` after it was read, in order."""
         lab = self.lab
+        recorded = getattr(self.transcript, sender) if self.transcript is not None else None
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:
@@ -162,6 +195,8 @@ class _Link:
             while True:
                 await lab._flowing.wait()
                 data = await reader.read(_CHUNK)
+                if recorded is not None:
+                    recorded.extend(data)
                 await lab._flowing.wait()  # read just before an outage: held, not sent
                 queue.put_nowait((asyncio.get_running_loop().time() + lab._latency, data))
                 if not data:
@@ -379,3 +414,401 @@ class NetLab:
     def __repr__(self) -> str:
         state = "blackholed" if self._blackholed else "forwarding"
         return f"<NetLab {state}, {self.latency_ms:g} ms each way, {self.connections} connections>"
+
+
+# -- TLS: a proxy that terminates it, as pgbouncer or a cloud proxy does ----------------------------------
+
+_SSL_REQUEST = 80877103
+_GSSENC_REQUEST = 80877104
+_CANCEL_REQUEST = 80877102
+_TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
+_ALPN = "postgresql"
+
+
+def server_context(cert) -> ssl.SSLContext:
+    """A server-side TLS context presenting trustme's `cert` (a `LeafCert`), with PostgreSQL's ALPN name.
+
+    TLS 1.2 at least, as PostgreSQL's own default ``ssl_min_protocol_version`` is.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert.configure_cert(context)
+    context.set_alpn_protocols([_ALPN])
+    return context
+
+
+@dataclass
+class Negotiation:
+    """How one client connection negotiated with a `TLSProxy`.
+
+    `request` is what the client opened with: ``"SSLRequest"``, ``"direct"`` (a TLS ClientHello
+    straight away) or ``"plaintext"`` (a startup packet or a cancel request, in the clear);
+    `outcome` is ``"TLS"``, ``"plaintext"`` or ``"refused"`` (with `reason`); `packet` is what came
+    next, ``"startup"`` or ``"cancel"`` (a cancel request); `gssenc_declined` is True when the client
+    first asked for GSSAPI encryption and was answered ``N``.
+    """
+
+    request: str = ""
+    packet: str | None = None
+    outcome: str = ""
+    tls_version: str | None = None
+    alpn: str | None = None
+    reason: str | None = None
+    gssenc_declined: bool = False
+
+    def __str__(self) -> str:
+        text = f"{self.request}: {self.outcome}"
+        if self.tls_version:
+            text += f", {self.tls_version}, ALPN {self.alpn or 'none'}"
+        text += ", cancel request" if self.packet == "cancel" else ""
+        return text + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass
+class Transcript:
+    """The plaintext bytes a proxy relayed for one connection, as each side sent them."""
+
+    client: bytearray = field(default_factory=bytearray)
+    server: bytearray = field(default_factory=bytearray)
+
+    def messages(self) -> list[tuple[str, str, object]]:
+        """(sender, kind, content) for each protocol message: client's, then server's (see `wire_messages`)."""
+        return [("client", *m) for m in wire_messages(bytes(self.client), from_client=True)] + [
+            ("server", *m) for m in wire_messages(bytes(self.server), from_client=False)
+        ]
+
+
+def _fields(body: bytes) -> list[bytes]:
+    return body.split(b"\0")
+
+
+def _value(raw: bytes | None) -> object:
+    if raw is None:
+        return None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return raw
+    return text if text.isprintable() else raw
+
+
+def wire_messages(data: bytes, *, from_client: bool) -> list[tuple[str, object]]:
+    """PostgreSQL protocol messages in `data` as (kind, content), as anyone on the path would read them.
+
+    Kinds a lesson shows: from the client ``startup`` (its parameters), ``query`` (simple protocol),
+    ``parse`` (the statement text), ``bind`` (the parameter values), ``cancel``; from the server
+    ``columns`` (a RowDescription's names), ``row`` (a DataRow's values), ``complete`` (the command tag),
+    ``error``. Every other message is listed by its type letter, its content None.
+    """
+    out: list[tuple[str, object]] = []
+    pos = 0
+    if from_client and len(data) >= 8:
+        length, code = struct.unpack_from("!ii", data)
+        if code == _CANCEL_REQUEST:
+            return [("cancel", None)]
+        if code in (_SSL_REQUEST, _GSSENC_REQUEST):
+            pos = 8
+            length, code = struct.unpack_from("!ii", data, pos) if len(data) >= pos + 8 else (0, 0)
+        if code >> 16 == 3:  # a startup packet: protocol 3.x, then name/value pairs
+            pairs = _fields(data[pos + 8 : pos + length])
+            out.append(
+                ("startup", {k.decode(): v.decode() for k, v in zip(pairs[::2], pairs[1::2], strict=False) if k})
+            )
+            pos += length
+    while pos + 5 <= len(data):
+        kind = chr(data[pos])
+        (length,) = struct.unpack_from("!i", data, pos + 1)
+        body = data[pos + 5 : pos + 1 + length]
+        pos += 1 + length
+        if from_client and kind == "Q":
+            out.append(("query", body.rstrip(b"\0").decode()))
+        elif from_client and kind == "P":
+            out.append(("parse", _fields(body)[1].decode()))
+        elif from_client and kind == "B":
+            out.append(("bind", _bind_values(body)))
+        elif not from_client and kind == "T":
+            out.append(("columns", _column_names(body)))
+        elif not from_client and kind == "D":
+            out.append(("row", _row_values(body)))
+        elif not from_client and kind == "C":
+            out.append(("complete", body.rstrip(b"\0").decode()))
+        elif not from_client and kind == "E":
+            out.append(("error", {chr(f[0]): f[1:].decode() for f in _fields(body) if f}))
+        else:
+            out.append((kind, None))
+    return out
+
+
+def _bind_values(body: bytes) -> list[object]:
+    pos = body.index(b"\0") + 1
+    pos = body.index(b"\0", pos) + 1
+    (n_formats,) = struct.unpack_from("!h", body, pos)
+    pos += 2 + 2 * n_formats
+    (n_values,) = struct.unpack_from("!h", body, pos)
+    pos += 2
+    values = []
+    for _ in range(n_values):
+        (size,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        values.append(None if size < 0 else _value(body[pos : pos + size]))
+        pos += max(size, 0)
+    return values
+
+
+def _row_values(body: bytes) -> list[object]:
+    (n,) = struct.unpack_from("!h", body)
+    pos, values = 2, []
+    for _ in range(n):
+        (size,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        values.append(None if size < 0 else _value(body[pos : pos + size]))
+        pos += max(size, 0)
+    return values
+
+
+def _column_names(body: bytes) -> list[str]:
+    (n,) = struct.unpack_from("!h", body)
+    pos, names = 2, []
+    for _ in range(n):
+        end = body.index(b"\0", pos)
+        names.append(body[pos:end].decode())
+        pos = end + 1 + 18  # table oid, column number, type oid, size, modifier, format
+    return names
+
+
+def _error_response(message: str, hint: str, sqlstate: str = "28000") -> bytes:
+    """A FATAL ErrorResponse, as the server sends when it refuses a connection."""
+    fields = b"".join(
+        code + text.encode() + b"\0"
+        for code, text in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message), (b"H", hint))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+class TLSProxy(NetLab):
+    """A `NetLab` that terminates TLS in front of the course server, as pgbouncer or a cloud proxy does.
+
+    It speaks PostgreSQL's encryption negotiation (protocol-flow.html#PROTOCOL-FLOW-SSL) to clients
+    and forwards plaintext to the server, so latency, blackholes and resets still apply:
+
+    - an ``SSLRequest`` is answered ``S`` and the TLS handshake follows, with the certificate of
+      `context` (build one with `server_context(leaf_cert)`); with ``context=None`` the proxy answers
+      ``N`` and forwards the plaintext session that follows, as a downgrading middlebox does;
+    - a ``GSSENCRequest`` is answered ``N`` and the next packet is read;
+    - a TLS ClientHello straight away (libpq 17+ ``sslnegotiation=direct``, asyncpg ``direct_tls=True``)
+      gets TLS directly, if the client offers the ALPN protocol ``postgresql``, as a PostgreSQL 17+
+      server requires; otherwise the connection is closed, and the reason recorded;
+    - a plaintext startup packet is refused with a FATAL ``ErrorResponse`` that says TLS is required
+      (``plaintext="refuse"``, the default when there is a context) or forwarded (``"forward"``);
+    - a cancel request is forwarded, in the clear or inside TLS (libpq 17+ encrypts it).
+
+    `negotiations` lists how each connection negotiated (a `Negotiation`); with ``record=True``,
+    `transcripts` holds the plaintext each relayed (a `Transcript`): what a proxy, honest or not, reads.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        context: ssl.SSLContext | None,
+        *,
+        plaintext: str | None = None,
+        record: bool = False,
+        latency_ms: float = 0.0,
+        packet_level: bool | None = False,
+    ) -> None:
+        super().__init__(url, latency_ms=latency_ms, packet_level=packet_level)
+        plaintext = plaintext or ("refuse" if context is not None else "forward")
+        if plaintext not in ("refuse", "forward"):
+            raise ValueError("plaintext must be 'refuse' or 'forward'")
+        self.context = context
+        self.plaintext = plaintext
+        self.record = record
+        self.negotiations: list[Negotiation] = []
+        self.transcripts: list[Transcript] = []
+        self._listener: socket.socket | None = None
+        self._pending: set[socket.socket] = set()
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, ctx: None)  # failed handshakes are recorded, not logged
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, 0))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accepting = asyncio.ensure_future(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(self._listener)
+            self.accepted += 1
+            asyncio.ensure_future(self._negotiate(sock))
+
+    async def _negotiate(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        self._pending.add(sock)
+        record = Negotiation()
+        self.negotiations.append(record)
+        try:
+            await self._flowing.wait()
+            while True:
+                if await self._first_byte(sock) == _TLS_HANDSHAKE:
+                    record.request = "direct"
+                    return await self._tls(sock, record)
+                head = await self._recv_exactly(sock, 8)
+                length, code = struct.unpack("!ii", head)
+                if length == 8 and code == _GSSENC_REQUEST:
+                    record.gssenc_declined = True
+                    await loop.sock_sendall(sock, b"N")
+                    continue
+                if length == 8 and code == _SSL_REQUEST:
+                    record.request = "SSLRequest"
+                    if self.context is not None:
+                        await loop.sock_sendall(sock, b"S")
+                        return await self._tls(sock, record)
+                    await loop.sock_sendall(sock, b"N")  # downgrade: the client carries on in plaintext
+                    record.outcome = "plaintext"
+                    return await self._forward(sock, b"")
+                record.request = "plaintext"
+                record.packet = "cancel" if code == _CANCEL_REQUEST else "startup"
+                rest = await self._recv_exactly(sock, max(0, min(length, 10000) - 8))
+                if record.packet == "startup" and self.plaintext == "refuse":
+                    record.outcome, record.reason = "refused", "TLS required"
+                    await loop.sock_sendall(
+                        sock,
+                        _error_response(
+                            "TLS is required: this server accepts no unencrypted connection",
+                            "Connect with sslmode=verify-full and sslrootcert set to the file of the server's CA certificate.",
+                        ),
+                    )
+                    return
+                record.outcome = "plaintext"
+                return await self._forward(sock, head + rest)
+        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+            if not record.outcome:
+                record.outcome, record.reason = (
+                    "refused",
+                    record.reason or f"connection ended: {exc or type(exc).__name__}",
+                )
+        finally:
+            if sock in self._pending:
+                self._pending.discard(sock)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    async def _first_byte(self, sock: socket.socket) -> int:
+        """The first byte waiting on `sock`, left unread (MSG_PEEK): 0x16 starts a TLS handshake."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                peeked = sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                await _readable(loop, sock)
+                continue
+            if not peeked:
+                raise EOFError("the client closed the connection")
+            return peeked[0]
+
+    @staticmethod
+    async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = b""
+        while len(data) < n:
+            chunk = await loop.sock_recv(sock, n - len(data))
+            if not chunk:
+                raise EOFError("the client closed the connection")
+            data += chunk
+        return data
+
+    async def _tls(self, sock: socket.socket, record: Negotiation) -> None:
+        loop = asyncio.get_running_loop()
+        if self.context is None:
+            record.outcome, record.reason = "refused", "no TLS here"
+            return
+        reader = asyncio.StreamReader(limit=_CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        self._pending.discard(sock)  # the transport owns it from here
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock=sock, ssl=self.context, ssl_handshake_timeout=10
+            )
+        except (TimeoutError, OSError) as exc:
+            sock.close()
+            record.outcome = "refused"
+            record.reason = _handshake_failure(exc)
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        tls = transport.get_extra_info("ssl_object")
+        record.tls_version, record.alpn = tls.version(), tls.selected_alpn_protocol()
+        if record.request == "direct" and record.alpn != _ALPN:
+            # What a PostgreSQL 17+ server does: it logs the reason and closes the connection.
+            record.outcome, record.reason = "refused", "direct TLS without the ALPN protocol 'postgresql'"
+            writer.transport.abort()
+            return
+        record.outcome = "TLS"
+        try:
+            first = await reader.readexactly(8)  # a startup packet or, from libpq 17 on, a cancel request
+        except (OSError, asyncio.IncompleteReadError):
+            writer.transport.abort()
+            return
+        record.packet = "cancel" if struct.unpack("!ii", first)[1] == _CANCEL_REQUEST else "startup"
+        await self._relay(reader, writer, first)
+
+    async def _forward(self, sock: socket.socket, preamble: bytes) -> None:
+        self._pending.discard(sock)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=_CHUNK)
+        await self._relay(reader, writer, preamble)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, preamble: bytes) -> None:
+        transcript = Transcript() if self.record else None
+        if transcript is not None:
+            self.transcripts.append(transcript)
+        link = _Link(self, reader, writer, preamble=preamble, transcript=transcript)
+        self._links.add(link)
+        await link.run()
+
+    async def _shutdown(self) -> None:
+        if self._listener is not None:
+            self._accepting.cancel()
+            self._listener.close()
+        for sock in list(self._pending):
+            sock.close()
+        await super()._shutdown()
+
+    def _packet_sockets(self) -> list:
+        socks = [self._listener] if self._listener is not None else []
+        return socks + [link.client_sock for link in self._links if link.client_sock is not None]
+
+    def __repr__(self) -> str:
+        tls = "terminating TLS" if self.context is not None else "declining TLS"
+        return f"<TLSProxy {tls}, plaintext {self.plaintext}ed, {self.connections} connections>"
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait until `sock` has bytes to read (or the client closed it)."""
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in a few words: the alert the client sent, if it sent one."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        reason = exc.reason.lower().replace("_", " ")
+        if reason.startswith(("tlsv1 alert", "sslv3 alert")):
+            return "the client rejected the certificate: " + reason.split(" alert ", 1)[1]
+        return reason
+    if isinstance(exc, TimeoutError):
+        return "TLS handshake timed out"
+    return f"the client left during the TLS handshake ({type(exc).__name__})"
