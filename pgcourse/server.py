@@ -141,7 +141,7 @@ class Cluster:
             "datestyle": "'ISO, YMD'",
             "jit": "off",
             "password_encryption": "'scram-sha-256'",
-            "log_line_prefix": "'%m [%p] %q%u@%d '",
+            "log_line_prefix": "'%m [%p] %q%u@%d/%a '",  # %a: the application_name (lesson 10)
         }
         text = "# Written by pgcourse.server: the course's settings.\n"
         text += "".join(f"{key} = {value}\n" for key, value in settings.items())
@@ -215,6 +215,7 @@ class Cluster:
     def _choose_port(self) -> int:
         port = self.port
         if _free(port):
+            self._write_config(port)  # course.conf is the course's: a server made by an earlier version gets today's
             return port
         for candidate in range(port + 1, port + 100):
             if _free(candidate):
