@@ -1,5 +1,8 @@
 """The network lab: the delay it adds is the delay measured; a blackhole leaves the client waiting;
-a reset breaks connections; keepalives see a packet-level blackhole; closing leaves nothing behind."""
+a reset breaks connections; keepalives see a packet-level blackhole; closing leaves nothing behind.
+The TLS proxy: each negotiation path with real connections (SSLRequest, direct TLS with and without
+ALPN, GSSENCRequest declined, plaintext refused or forwarded, downgrade), what it records, and a cancel
+request through it."""
 
 from __future__ import annotations
 
@@ -165,3 +168,158 @@ def test_with_packet_drop_keepalives_end_an_idle_connection(url, keepalives):
         assert failed and elapsed < 2, "keepalives did not end the connection during the outage"
     else:
         assert not failed and elapsed < 2, "without keepalives the idle connection should survive the outage"
+
+
+# -- TLSProxy: PostgreSQL's encryption negotiation, in front of the course server --------------------------
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, its certificate in a file, a certificate for 127.0.0.1, and one from another CA."""
+    from pgcourse.netlab import server_context
+
+    ca, impostor_ca = trustme.CA(), trustme.CA()
+    path = tmp_path_factory.mktemp("pki") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return {
+        "root": str(path),
+        "good": server_context(ca.issue_cert("127.0.0.1", "localhost")),
+        "evil": server_context(impostor_ca.issue_cert("127.0.0.1", "localhost")),
+        "other_name": server_context(ca.issue_cert("db.example.com")),
+    }
+
+
+def _tls_in_use(url: str, **kw) -> bool:
+    with psycopg.connect(url, connect_timeout=5, **kw) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        return conn.pgconn.ssl_in_use
+
+
+def test_tls_proxy_answers_sslrequest_and_verifies(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["good"]) as proxy:
+        assert _tls_in_use(proxy.url, sslmode="verify-full", sslrootcert=pki["root"])
+        (seen,) = proxy.negotiations
+        assert (seen.request, seen.outcome, seen.alpn, seen.packet) == ("SSLRequest", "TLS", "postgresql", "startup")
+        assert seen.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert not [t for t in threading.enumerate() if t.name == "netlab"], "close() left the proxy's thread"
+
+
+def test_tls_proxy_refuses_plaintext_with_a_fatal_error_or_forwards_it(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["good"]) as proxy:
+        with pytest.raises(psycopg.OperationalError, match="FATAL:  TLS is required") as info:
+            psycopg.connect(proxy.url, sslmode="disable", connect_timeout=5)
+        assert "sslmode=verify-full" in str(info.value)
+        assert (proxy.negotiations[0].outcome, proxy.negotiations[0].reason) == ("refused", "TLS required")
+    with TLSProxy(url, pki["good"], plaintext="forward") as proxy:
+        assert not _tls_in_use(proxy.url, sslmode="disable")
+        assert proxy.negotiations[0].outcome == "plaintext"
+
+
+def test_an_impostor_passes_require_and_fails_verification(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["evil"]) as impostor:
+        assert _tls_in_use(impostor.url, sslmode="require")
+        for mode in ("verify-ca", "verify-full"):
+            with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+                psycopg.connect(impostor.url, sslmode=mode, sslrootcert=pki["root"], connect_timeout=5)
+        assert impostor.negotiations[-1].reason == "the client rejected the certificate: unknown ca"
+
+
+def test_a_name_mismatch_passes_verify_ca_and_fails_verify_full(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["other_name"]) as proxy:
+        assert _tls_in_use(proxy.url, sslmode="verify-ca", sslrootcert=pki["root"])
+        with pytest.raises(psycopg.OperationalError, match='"db.example.com" does not match host name'):
+            psycopg.connect(proxy.url, sslmode="verify-full", sslrootcert=pki["root"], connect_timeout=5)
+
+
+def test_without_a_certificate_the_proxy_downgrades(url):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, None) as middlebox:
+        assert not _tls_in_use(middlebox.url, sslmode="prefer")
+        with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
+            psycopg.connect(middlebox.url, sslmode="require", connect_timeout=5)
+        assert [(n.request, n.outcome) for n in middlebox.negotiations][0] == ("SSLRequest", "plaintext")
+
+
+@pytest.mark.skipif(psycopg.pq.version() < 170000, reason="sslnegotiation=direct needs libpq 17+")
+def test_direct_tls_with_alpn_from_libpq(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["good"]) as proxy:
+        assert _tls_in_use(proxy.url, sslmode="verify-full", sslrootcert=pki["root"], sslnegotiation="direct")
+        (seen,) = proxy.negotiations
+        assert (seen.request, seen.outcome, seen.alpn) == ("direct", "TLS", "postgresql")
+
+
+def test_direct_tls_without_alpn_is_refused_and_gssenc_declined(url, pki):
+    import socket
+    import ssl
+    import struct
+
+    from pgcourse.netlab import TLSProxy
+
+    client = ssl.create_default_context(cafile=pki["root"])
+    with TLSProxy(url, pki["good"]) as proxy:
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as raw:
+            with client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                try:
+                    ended = tls.recv(1) == b""
+                except ConnectionResetError:
+                    ended = True
+                assert ended, "the proxy kept a direct TLS connection without ALPN"
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as raw:
+            raw.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
+            assert raw.recv(1) == b"N"
+            raw.sendall(struct.pack("!ii", 8, 80877103))  # then SSLRequest
+            assert raw.recv(1) == b"S"
+        deadline = time.monotonic() + 2
+        while (len(proxy.negotiations) < 2 or not proxy.negotiations[1].outcome) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    refused, declined = proxy.negotiations
+    assert (refused.request, refused.outcome) == ("direct", "refused")
+    assert refused.reason == "direct TLS without the ALPN protocol 'postgresql'"
+    assert declined.gssenc_declined and declined.request == "SSLRequest"
+
+
+def test_recording_shows_the_query_its_parameters_and_the_rows(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["evil"], record=True) as impostor:
+        with psycopg.connect(impostor.url, sslmode="require") as conn:
+            conn.execute("SELECT %s::text AS secret, 7 AS n", ("hunter2",)).fetchall()
+        (transcript,) = impostor.transcripts
+        messages = transcript.messages()
+    assert ("client", "parse", "SELECT $1::text AS secret, 7 AS n") in messages
+    assert ("client", "bind", ["hunter2"]) in messages
+    assert ("server", "columns", ["secret", "n"]) in messages
+    assert ("server", "row", ["hunter2", "7"]) in messages
+    assert next(m for m in messages if m[1] == "startup")[2]["user"]
+
+
+def test_an_encrypted_cancel_request_reaches_the_server(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["good"]) as proxy:
+        with psycopg.connect(proxy.url, sslmode="verify-full", sslrootcert=pki["root"]) as conn:
+            timer = threading.Timer(0.3, conn.cancel_safe)
+            timer.start()
+            start = time.perf_counter()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(10)")
+            assert time.perf_counter() - start < 5
+            timer.join()
+        cancel = proxy.negotiations[-1]
+    if psycopg.pq.version() >= 170000:  # libpq 17+ cancels over TLS
+        assert (cancel.request, cancel.outcome, cancel.packet) == ("SSLRequest", "TLS", "cancel")
+    else:
+        assert (cancel.request, cancel.packet) == ("plaintext", "cancel")
