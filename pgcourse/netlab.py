@@ -603,7 +603,7 @@ class TLSProxy(NetLab):
       (``plaintext="refuse"``, the default when there is a context) or forwarded (``"forward"``);
     - a cancel request is forwarded, in the clear or inside TLS (libpq 17+ encrypts it).
 
-    `negotiations` lists how each connection negotiated (a `Negotiation`); with ``record=True``,
+    `negotiated()` lists how each connection negotiated (a `Negotiation`); with ``record=True``,
     `transcripts` holds the plaintext each relayed (a `Transcript`): what a proxy, honest or not, reads.
     """
 
@@ -628,6 +628,16 @@ class TLSProxy(NetLab):
         self.transcripts: list[Transcript] = []
         self._listener: socket.socket | None = None
         self._pending: set[socket.socket] = set()
+
+    def negotiated(self, timeout: float = 2.0) -> list[Negotiation]:
+        """Every connection's `Negotiation`, once each has an outcome (a client may see its error first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = list(self.negotiations)
+            if len(done) >= self.accepted and all(n.outcome for n in done):
+                return done
+            time.sleep(0.005)
+        return list(self.negotiations)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
