@@ -684,7 +684,7 @@ class TLSProxy(NetLab):
                         await loop.sock_sendall(sock, b"S")
                         return await self._tls(sock, record)
                     await loop.sock_sendall(sock, b"N")  # downgrade: the client carries on in plaintext
-                    record.outcome = "plaintext"
+                    record.outcome, record.reason = "plaintext", "answered N"
                     return await self._forward(sock, b"")
                 record.request = "plaintext"
                 record.packet = "cancel" if code == _CANCEL_REQUEST else "startup"
@@ -799,7 +799,8 @@ class TLSProxy(NetLab):
 
     def __repr__(self) -> str:
         tls = "terminating TLS" if self.context is not None else "declining TLS"
-        return f"<TLSProxy {tls}, plaintext {self.plaintext}ed, {self.connections} connections>"
+        plaintext = "refusing" if self.plaintext == "refuse" else "forwarding"
+        return f"<TLSProxy {tls}, {plaintext} plaintext, {self.connections} connections>"
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
