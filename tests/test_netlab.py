@@ -320,3 +320,14 @@ def test_an_encrypted_cancel_request_reaches_the_server(url, pki):
         assert (cancel.request, cancel.outcome, cancel.packet) == ("SSLRequest", "TLS", "cancel")
     else:
         assert (cancel.request, cancel.packet) == ("plaintext", "cancel")
+
+
+def test_latency_still_applies_behind_the_tls_proxy(url, pki):
+    from pgcourse.netlab import TLSProxy
+
+    with TLSProxy(url, pki["good"]) as proxy:
+        with psycopg.connect(proxy.url, sslmode="verify-full", sslrootcert=pki["root"], autocommit=True) as conn:
+            base = _round_trip(conn)
+            proxy.latency_ms = 10
+            added = _round_trip(conn) - base
+    assert 0.018 <= added <= 0.04, f"added {added * 1000:.1f} ms, expected about 20 ms"
