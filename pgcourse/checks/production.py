@@ -31,6 +31,7 @@ from . import (
     NotDone,
     check_connect,
     database_url,
+    mask,
     new_tag,
     passed,
     run,
@@ -41,7 +42,7 @@ from . import (
 )
 
 SCHEMA = "exercise10"
-ORIGINAL_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+ORIGINAL_SHA256 = "e47d3ed858acf8824755bd8a7618895a76a62c8ff9ba9aeaec76bfa7d29cde8e"
 """sha256 of exercises/10_production_review.py as shipped: that file unchanged is not done yet."""
 
 
@@ -59,35 +60,38 @@ _URLS = [
 ]
 
 
+def _reference_mask(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
+
+
 def masked_url(fn: Callable[[str], str]) -> None:
     """Exercise 1: masked(url) hides the password, keeps everything else, and leaves a URL without one alone."""
-    for url, right in _URLS:
-        secrets = [p for p in {urllib.parse.urlsplit(url).password,
-                               urllib.parse.unquote(urllib.parse.urlsplit(url).password or "")} if p]
-        got = run(1, fn, url, timeout=10, secrets=[],
+    own = database_url()
+    cases = [*_URLS, *([(own, _reference_mask(own))] if "://" in own else [])]
+    for i, (url, right) in enumerate(cases):
+        shown = "DATABASE_URL" if i == len(_URLS) else repr(url)
+        got = run(1, fn, url, timeout=10, secrets=secrets_in() if i == len(_URLS) else [],
                   hint="masked only rewrites the text of its argument: urllib.parse.urlsplit takes it apart")
         if not isinstance(got, str):
-            raise CheckFailed(f"masked({url!r}) returned {type(got).__name__}, not a str.",
+            raise CheckFailed(f"masked({shown}) returned {type(got).__name__}, not a str.",
                               "return the URL as text, with the password replaced by ***")
-        leaked = [s for s in secrets if s in got.replace(urllib.parse.urlsplit(url).username or "\0", "", 1)
-                  .replace(urllib.parse.urlsplit(url).hostname or "\0", "")]
-        if leaked or (secrets and "***" not in got):
-            raise CheckFailed(f"masked({url!r}) returned {got!r}: the password is still readable.",
+        if got == right:
+            continue
+        password = urllib.parse.urlsplit(url).password
+        if password and "***" not in got and password in got:
+            raise CheckFailed(f"masked({shown}) returned {mask(got, [password]) if i == len(_URLS) else repr(got)}:"
+                              " the password is still readable.",
                               "replace the password part of the URL (between the user's ':' and '@') with ***")
-        if got != right:
-            raise CheckFailed(f"masked({url!r}) returned {got!r}; the right answer is {right!r}.",
-                              "change only the password: the user, host, port, database and parameters are what a"
-                              " log reader needs (and a password may equal the user or host name: replace the"
-                              " part of the URL, not every occurrence of the text)")
-    own = database_url()
-    secrets = secrets_in(own)
-    got = run(1, fn, own, timeout=10, secrets=[])
-    if not isinstance(got, str) or any(s in got for s in secrets if s != own and len(s) >= 4) or got == own != (
-            urllib.parse.urlsplit(own)._replace(netloc="").geturl() if "://" not in own else ""):
-        if secrets:
-            raise CheckFailed("masked(DATABASE_URL) still shows your own password.",
-                              "test it on the URL in your environment too")
-    passed(1, f"{len(_URLS) + 1} URLs: each password replaced by ***, everything else as it was.")
+        raise CheckFailed(f"masked({shown}) returned {mask(got, secrets_in()) if i == len(_URLS) else repr(got)};"
+                          f" the right answer is {right!r}.",
+                          "change only the password: the user, host, port, database and parameters are what a log"
+                          " reader needs (and a password may equal the user or host name: replace that part of the"
+                          " URL, not every occurrence of its text)")
+    passed(1, f"{len(cases)} URLs: each password replaced by ***, everything else as it was.")
 
 
 # --- exercise 2: a serializable transaction, retried with a bound -------------------------------------------
@@ -205,6 +209,9 @@ def _serializable_cases(fn: Callable, conn: psycopg.Connection, admin: psycopg.C
                           "retry only SerializationFailure, and roll back on any error (`with conn.transaction():`)")
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.rollback()
+        raise CheckFailed("After work raised an error of its own, run_serializable let it through but left the"
+                          " connection still in a transaction (idle in transaction, holding its locks).",
+                          "run each try inside `with conn.transaction():`, which rolls back when the block raises")
 
 
 # --- exercise 3: the review ----------------------------------------------------------------------------------
@@ -214,10 +221,10 @@ SEQUENTIAL = 12  # requests in a row that a pool must survive
 LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 8
 OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
 SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been answered
-TRANSFERS, TRANSFER_CONCURRENCY, TRANSFER_LATENCY_MS = 16, 8, 10
-RETRY_LIMIT = 10.0  # seconds within which a transfer that always meets 40001 must have given up
+TRANSFER_PAIRS, TRANSFER_LATENCY_MS = 4, 10
+RETRY_LIMIT = 6.0  # seconds within which a transfer that always meets 40001 must have given up
 MAX_TRIES = 50  # more tries than this on one request is a retry without a bound
-EXPORT_BEFORE = 300_001  # the export asks for events 1 .. EXPORT_BEFORE - 1
+EXPORT_BEFORE = 200_001  # the export asks for events 1 .. EXPORT_BEFORE - 1
 EXPORT_LIMIT = 30.0  # seconds for the whole export
 MEMORY_LIMIT = 40 * 2**20  # growth of the service's peak resident memory that the export may cause
 ACCOUNTS = [(1, "Ada Lovelace", 500), (2, "Alan Turing", 500), (3, "Grace Hopper", 250), (4, "Edsger Dijkstra", 80),
@@ -456,36 +463,34 @@ async def _slow(client, tag: str, found: _Findings) -> None:
 
 
 async def _transfers(client, lab, admin: psycopg.Connection, found: _Findings) -> None:
-    """Concurrent transfers between two accounts (each request slowed by the proxy), then one that meets 40001
-    on every try."""
+    """Pairs of concurrent transfers from one account (each round trip slowed by the proxy, so that they overlap),
+    then one transfer that meets 40001 on every try."""
     from ..bench import duration
     from .web_api import _shown
 
     before = _balances(admin)
-    bodies = [{"from_id": 1, "to_id": 2, "amount": 1 + i % 3} for i in range(TRANSFERS)]  # one way: no deadlock
-    gate = asyncio.Semaphore(TRANSFER_CONCURRENCY)
-
-    async def send(body):
-        async with gate:
-            return (await client.send("POST", "/transfers", json=body))[0]
-
+    answers, moved = [], 0
     lab.latency_ms = TRANSFER_LATENCY_MS
     try:
-        answers = await asyncio.gather(*(send(b) for b in bodies))
+        for i in range(TRANSFER_PAIRS):
+            bodies = [{"from_id": 1, "to_id": 2, "amount": 1 + i % 3}, {"from_id": 1, "to_id": 3, "amount": 1}]
+            pair = await asyncio.gather(*(client.send("POST", "/transfers", json=b) for b in bodies))
+            for body, (answer, _) in zip(bodies, pair, strict=True):
+                answers.append(answer)
+                if not isinstance(answer, BaseException) and answer.status_code == 201:
+                    moved += body["amount"]
     finally:
         lab.latency_ms = 0
     failed = [a for a in answers if isinstance(a, BaseException) or a.status_code != 201]
-    moved = -sum(b["amount"] for b, a in zip(bodies, answers, strict=True) if a not in failed)
     after = _balances(admin)
     if failed:
         kinds = sorted({_shown(a)[:60] for a in failed})
-        found.add("no_retry", f"{len(failed)} of {TRANSFERS} transfers sent {TRANSFER_CONCURRENCY} at a time failed"
-                              f" ({'; '.join(kinds)}): the serialization failures that concurrent SERIALIZABLE"
+        found.add("no_retry", f"{len(failed)} of {len(answers)} transfers sent two at a time from the same account"
+                              f" failed ({'; '.join(kinds)}): the serialization failures that concurrent SERIALIZABLE"
                               " transactions meet reached the client")
-    if after[1] != before[1] + moved or after[2] != before[2] - moved:
-        found.add("contract", f"after the concurrent transfers that answered 201, accounts 1 and 2 hold"
-                              f" {after[1]:.2f} and {after[2]:.2f}; they should hold {before[1] + moved:.2f} and"
-                              f" {before[2] - moved:.2f}")
+    if after[1] != before[1] - moved or after[2] + after[3] != before[2] + before[3] + moved:
+        found.add("contract", f"after the concurrent transfers that answered 201 (moving {moved} from account 1),"
+                              f" account 1 holds {after[1]:.2f}; it should hold {before[1] - moved:.2f}")
     tries = _tries(admin)
     response, seconds = await client.send("POST", "/transfers", json={"from_id": 5, "to_id": POISON, "amount": 1},
                                           timeout=RETRY_LIMIT)
