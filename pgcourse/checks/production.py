@@ -143,8 +143,9 @@ def run_serializable(fn: Callable) -> None:
             with contextlib.suppress(psycopg.Error):
                 admin.execute(_sql.SQL("DROP TABLE IF EXISTS {}").format(_COUNTER))
             stop_sessions(tag)
-    passed(2, "a first try that succeeded, two real serialization failures retried to success, a third try"
-              " failing given up on at the bound, and an application error raised at once and rolled back.")
+    passed(2, "work that succeeded at once; work that met two real serialization failures, then succeeded; work"
+              " that failed every try, given up on after exactly `attempts` tries (3, and 5); and an error of the"
+              " application's own, raised at once and rolled back.")
 
 
 def _serializable_cases(fn: Callable, conn: psycopg.Connection, admin: psycopg.Connection,
