@@ -405,3 +405,132 @@ def test_a_module_that_does_not_start_is_reported(tmp_path):
     with pytest.raises(CheckFailed, match="did not start"):
         checks.review(variant(tmp_path, ('log = logging.getLogger("uvicorn.error")',
                                          'raise RuntimeError("broken on import")')), env)
+
+
+SQLALCHEMY = '''"""The accounts service fixed with SQLAlchemy's async engine (psycopg underneath)."""
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import psycopg
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+DATABASE_URL = os.environ["DATABASE_URL"]
+log = logging.getLogger("uvicorn.error")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    engine = create_async_engine(DATABASE_URL.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=4,
+                                 max_overflow=0, pool_timeout=2, connect_args={"options": "-c statement_timeout=1000"})
+    app.state.engine = engine
+    log.info("engine for %s", engine.url)  # SQLAlchemy's URL prints its password as ***
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+async def get_conn(request: Request) -> AsyncIterator[AsyncConnection]:
+    async with request.app.state.engine.connect() as conn:
+        yield conn
+
+
+Conn = Annotated[AsyncConnection, Depends(get_conn)]
+
+
+@app.exception_handler(PoolTimeout)
+@app.exception_handler(DBAPIError)
+async def failed(request: Request, exc: Exception) -> JSONResponse:
+    busy = isinstance(getattr(exc, "orig", exc), (PoolTimeout, psycopg.errors.QueryCanceled,
+                                                  psycopg.errors.SerializationFailure))
+    return JSONResponse({"error": type(exc).__name__}, status_code=503 if busy else 500)
+
+
+class Transfer(BaseModel):
+    from_id: int
+    to_id: int
+    amount: int
+
+
+def account_json(row) -> dict:
+    return {"id": row.id, "owner": row.owner, "balance": str(row.balance)}
+
+
+@app.get("/health")
+async def health(conn: Conn):
+    await conn.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@app.get("/accounts/search")
+async def search(owner: str, conn: Conn):
+    result = await conn.execute(text("SELECT id, owner, balance FROM exercise10.accounts"
+                                     " WHERE strpos(lower(owner), lower(:owner)) > 0 ORDER BY id LIMIT 20"),
+                                {"owner": owner})
+    return {"accounts": [account_json(row) for row in result]}
+
+
+@app.get("/accounts/{account_id}")
+async def account(account_id: int, conn: Conn):
+    row = (await conn.execute(text("SELECT id, owner, balance FROM exercise10.accounts WHERE id = :id"),
+                              {"id": account_id})).first()
+    if row is None:
+        return JSONResponse({"error": "no such account"}, status_code=404)
+    return account_json(row)
+
+
+@app.post("/transfers", status_code=201)
+async def transfer(t: Transfer, conn: Conn):
+    for attempt in range(1, 6):
+        try:
+            async with conn.begin():
+                await conn.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
+                balance = (await conn.execute(text("SELECT balance FROM exercise10.accounts WHERE id = :id"),
+                                              {"id": t.from_id})).scalar()
+                if balance is None or balance < t.amount:
+                    return JSONResponse({"error": "insufficient funds"}, status_code=409)
+                await conn.execute(text("UPDATE exercise10.accounts SET balance = balance - :a WHERE id = :id"),
+                                   {"a": t.amount, "id": t.from_id})
+                await conn.execute(text("UPDATE exercise10.accounts SET balance = balance + :a WHERE id = :id"),
+                                   {"a": t.amount, "id": t.to_id})
+            return {"from_id": t.from_id, "to_id": t.to_id, "amount": t.amount}
+        except DBAPIError as exc:
+            if not isinstance(exc.orig, psycopg.errors.SerializationFailure) or attempt == 5:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.02))
+
+
+@app.get("/events/export")
+async def export(before_id: int, request: Request):
+    async def lines() -> AsyncIterator[str]:
+        yield "id,customer_id,kind\\n"
+        async with request.app.state.engine.connect() as conn:
+            result = await conn.stream(text("SELECT id, customer_id, kind FROM events WHERE id < :b ORDER BY id"),
+                                       {"b": before_id})
+            async for rows in result.partitions(5000):
+                yield "".join(f"{i},{c},{k}\\n" for i, c, k in rows)
+
+    return StreamingResponse(lines(), media_type="text/csv")
+'''
+
+
+def test_a_rewrite_with_sqlalchemy_passes(tmp_path, capsys):
+    path = tmp_path / "10_production_review.py"
+    path.write_text(SQLALCHEMY)
+    checks.review(path, lambda url: {"DATABASE_URL": url})
+    assert "Exercise 3 passed" in capsys.readouterr().out
