@@ -629,7 +629,7 @@ class TLSProxy(NetLab):
         self._listener: socket.socket | None = None
         self._pending: set[socket.socket] = set()
 
-    def negotiated(self, timeout: float = 2.0) -> list[Negotiation]:
+    def negotiated(self, timeout: float = 10.0) -> list[Negotiation]:
         """Every connection's `Negotiation`, once each has an outcome (a client may see its error first)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
