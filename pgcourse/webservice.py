@@ -32,6 +32,26 @@ START_TIMEOUT = 30.0  # seconds for uvicorn, the imports and the lifespan's star
 # restarts while a cell between start() and stop() failed: stop them all when this interpreter exits.
 _RUNNING: set[Service] = set()
 
+# A kernel killed outright (SIGKILL, a crash, an out-of-memory kill) runs no atexit handler. So the child
+# also holds the reading end of a pipe whose writing end only this process has: when this process is gone,
+# the read sees end-of-file, and the child shuts itself down (SIGTERM, then SIGKILL of its group).
+_WATCHED_UVICORN = """
+import os, signal, sys, threading, time
+fd, grace = int(sys.argv[1]), float(sys.argv[2])
+def watch():
+    try:
+        os.read(fd, 1)
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace + 5)
+    os.killpg(os.getpid(), signal.SIGKILL)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["uvicorn", *sys.argv[3:]]
+from uvicorn.main import main
+main()
+"""
+
 
 @atexit.register
 def _stop_all() -> None:
@@ -91,6 +111,7 @@ class Service:
         self.workers, self.graceful_timeout, self.ready_path = workers, graceful_timeout, ready_path
         self.port = port or 0
         self.process: subprocess.Popen | None = None
+        self._lifeline: int | None = None  # the pipe's writing end: closed (by exit or death), the child stops
         self.returncode: int | None = None
         self._log_file = None
 
@@ -102,14 +123,19 @@ class Service:
             raise FileNotFoundError(f"No module for {self.app!r} in {self.app_dir}: check the app name and the folder.")
         self.port = self.port or free_port()
         self._log_file = tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False)
-        command = [sys.executable, "-m", "uvicorn", self.app, "--app-dir", str(self.app_dir),
+        watch_r, self._lifeline = os.pipe()
+        command = [sys.executable, "-c", _WATCHED_UVICORN, str(watch_r), f"{self.graceful_timeout:g}",
+                   self.app, "--app-dir", str(self.app_dir),
                    "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
                    "--timeout-graceful-shutdown", f"{self.graceful_timeout:g}"]
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(watch_r,))
+        finally:
+            os.close(watch_r)
         _RUNNING.add(self)
         self._wait_ready(timeout)
         return self
@@ -120,6 +146,9 @@ class Service:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.process = None
+                _RUNNING.discard(self)
+                os.close(self._lifeline)
+                self._lifeline = None
                 raise RuntimeError(f"The service {self.app} exited with code {code} before it answered."
                                    f" Its log ends:\n{self._tail()}")
             try:
@@ -159,6 +188,9 @@ class Service:
 
             psutil.wait_procs(group, timeout=5)
         self.returncode = process.returncode
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         return self.returncode
 
     @staticmethod

@@ -113,6 +113,26 @@ def test_a_service_left_running_stops_when_the_interpreter_exits(app_dir):
         os.kill(pid, 0)
 
 
+def test_a_service_stops_when_the_interpreter_that_started_it_is_killed(app_dir):
+    # A kernel killed outright (SIGKILL, out of memory) runs no atexit handler: the service sees its lifeline end.
+    script = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from pgcourse.webservice import Service\n"
+              f"svc = Service('tiny:app', app_dir={str(app_dir)!r}, workers=2).start()\n"
+              "print(*svc.pids(), flush=True)\n"
+              "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) >= 3  # the supervisor and two workers
+    finally:
+        parent.kill()
+        parent.wait()
+    import psutil
+
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=20)
+    assert not alive, f"still running after their parent was killed: {alive}"
+
+
 def test_exception_lines_take_the_last_line_of_each_traceback():
     log = textwrap.dedent('''\
         INFO:     127.0.0.1:5000 - "GET / HTTP/1.1" 500
