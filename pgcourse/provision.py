@@ -71,7 +71,7 @@ LEARNER_RIGHTS = (
           "see every session in pg_stat_activity (lesson 03 watches learner_limited's) and every query in"
           " pg_stat_statements", whole_server_only=True),
     Right("EXECUTE on pg_stat_statements_reset", "reset query statistics before measuring", whole_server_only=True),
-    Right(f"SET on {LOGGED_SETTING}",
+    Right("SET on log_min_duration_statement",
           "lesson 10 has its own slow statements written to the server's log (its own sessions only)",
           whole_server_only=True, since=15),
 )
