@@ -134,7 +134,7 @@ async def transfer(t: Transfer, conn: Conn):
         except psycopg.errors.SerializationFailure:
             if attempt == ATTEMPTS:
                 raise
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+            await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
 
 
 @app.get("/events/export")

@@ -263,7 +263,7 @@ PUT_BACK = {
     "injection": [(SEARCH, """    cur = await conn.execute(f"SELECT id, owner, balance FROM exercise10.accounts"
                              f" WHERE owner ILIKE '%{owner}%' ORDER BY id LIMIT 20")""")],
     "per_request": [(DEPENDENCY, """    async with await psycopg.AsyncConnection.connect(
-            DATABASE_URL, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}") as conn:
+            DATABASE_URL, connect_timeout=2, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}") as conn:
         yield conn""")],
     "pool_left_open": [(CLOSE, "    yield")],
     "idle_in_transaction": [(ACCOUNT, """async def account(account_id: int):
@@ -291,18 +291,18 @@ def test_one_mistake_put_back_is_named_alone(tmp_path, mistake):
     assert named(text) == [mistake], text
 
 
+def test_a_pool_without_a_short_checkout_timeout_is_named(tmp_path):
+    text = problems(variant(tmp_path, ("max_size=POOL_MAX, timeout=POOL_TIMEOUT,", "max_size=POOL_MAX,")))
+    assert named(text) == ["no_timeout"], text
+    assert "while the database did not answer" in text
+
+
 def test_a_retry_without_a_bound_is_named(tmp_path):
     text = problems(variant(tmp_path, (RETRY, "    for attempt in itertools.count(1):"),
                             ("import asyncio\n", "import asyncio\nimport itertools\n"),
                             ("            if attempt == ATTEMPTS:\n                raise\n", "")))
     assert named(text) == ["no_retry"], text
     assert "without a bound" in text
-
-
-def test_a_dependency_that_returns_from_inside_its_block(tmp_path):
-    # The connection goes back to the pool while the endpoint still uses it: its transaction is left open.
-    text = problems(variant(tmp_path, (DEPENDENCY, DEPENDENCY.replace("yield conn", "return conn")), RETURNS))
-    assert "idle_in_transaction" in named(text), text
 
 
 # --- exercise 3: right alternatives, and the environment ------------------------------------------------------------

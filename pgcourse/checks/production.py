@@ -222,6 +222,7 @@ SEQUENTIAL = 12  # requests in a row that a pool must survive
 LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 8
 OPENED_LIMIT = LOAD_CONCURRENCY + 4  # connections the service may open during the load (a pool growing)
 SLOW_LIMIT = 3.0  # seconds within which a query stuck on a lock must have been answered
+UNREACHABLE_REQUESTS, UNREACHABLE_WAIT = 12, 3.5  # searches sent while the database is cut off; their wait
 TRANSFER_PAIRS, TRANSFER_LATENCY_MS = 4, 10
 RETRY_LIMIT = 6.0  # seconds within which a transfer that always meets 40001 must have given up
 MAX_TRIES = 50  # more tries than this on one request is a retry without a bound
@@ -463,6 +464,36 @@ async def _slow(client, tag: str, found: _Findings) -> None:
                                 f" a timeout should have ended it within {SLOW_LIMIT:g} s")
 
 
+async def _unreachable(client, lab, found: _Findings) -> None:
+    """While the proxy forwards nothing, a burst of searches: those the pool has no connection for must fail
+    within its checkout timeout, instead of waiting as long as the outage lasts."""
+    from .web_api import _shown
+
+    answered, pending = False, set()
+    with lab.blackhole():
+        deadline = time.monotonic() + UNREACHABLE_WAIT
+        pending = {asyncio.ensure_future(client.send("GET", "/accounts/search", params={"owner": SEARCHES[1]},
+                                                     timeout=UNREACHABLE_WAIT)) for _ in range(UNREACHABLE_REQUESTS)}
+        while pending and not answered and time.monotonic() < deadline:  # the first answer is enough
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            answered = any(not isinstance(task.result()[0], BaseException) for task in done)
+    if pending:
+        await asyncio.wait(pending)  # the others end once the outage has (or at the client's timeout)
+    if not answered:
+        found.add("no_timeout", f"while the database did not answer (the proxy forwarded nothing), none of"
+                                f" {UNREACHABLE_REQUESTS} searches sent at once was answered within"
+                                f" {UNREACHABLE_WAIT:g} s: the requests beyond the pool's connections waited for one"
+                                " without a bound (or each waited to connect)")
+    deadline = time.monotonic() + 2 * UNREACHABLE_WAIT  # the requests held up by the outage finish, then it answers
+    while time.monotonic() < deadline:
+        response, _ = await client.send("GET", "/health", timeout=2.0)
+        if not isinstance(response, BaseException) and response.status_code == 200:
+            return
+        await asyncio.sleep(0.2)
+    found.add("contract", f"after the outage ended, GET /health still answered {_shown(response)}")
+
+
 async def _transfers(client, lab, admin: psycopg.Connection, found: _Findings) -> None:
     """Pairs of concurrent transfers from one account (each round trip slowed by the proxy, so that they overlap),
     then one transfer that meets 40001 on every try."""
@@ -596,6 +627,7 @@ async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findin
         await _load(svc, lab, found)
         await _left_open(tag, found)
         await _slow(client, tag, found)
+        await _unreachable(client, lab, found)
         await _transfers(client, lab, admin, found)
         await _export(svc, admin, found)
     finally:
@@ -644,8 +676,9 @@ def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> No
         raise found.verdict(path.name)
     passed(3, "a hostile search kept out of the SQL, one pool (a few connections for a load of requests), no"
               " transaction left open, connections given back by every request, a query stuck on a lock cut by a"
-              " timeout, no password in the log, an export streamed in little memory, concurrent transfers retried"
-              " to success and a hopeless one given up on, and every session ended properly at shutdown.")
+              " timeout, requests the pool could not serve during an outage refused in time, no password in the"
+              " log, an export streamed in little memory, concurrent transfers retried to success and a hopeless"
+              " one given up on, and every session ended properly at shutdown.")
 
 
 def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int | None, found: _Findings) -> None:
