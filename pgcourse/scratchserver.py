@@ -98,12 +98,20 @@ class ScratchServer:
 
     # -- life cycle --------------------------------------------------------------------------------
     def create(self) -> ScratchServer:
-        """initdb, start, and make the role and its database."""
+        """initdb, start, and make the role and its database; on any failure, stop and delete what was made."""
         self.dir = Path(tempfile.mkdtemp(prefix="pgcourse-scratch-"))  # mode 700, under /tmp
         _OPEN.add(self)
+        try:
+            return self._create()
+        except BaseException:  # `with` calls no __exit__ when __enter__ raises: clean up here
+            self.close()
+            raise
+
+    def _create(self) -> ScratchServer:
         osuser.chown(self.dir, self.user)
         if self.user is not None and not osuser.can_reach(self.user, self.dir, "w"):
-            raise ServerError(f"The service user {self.user.pw_name!r} cannot reach {self.dir}.")
+            raise ServerError(f"The service user {self.user.pw_name!r} cannot reach {self.dir}.",
+                              "point TMPDIR at a folder every user may enter, such as /tmp")
         started = time.perf_counter()
         self._run([self.binaries["initdb"], "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
                    "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"],

@@ -85,3 +85,18 @@ def test_close_after_stop_and_two_at_once():
         first.close()
         second.close()
     assert first.dir is None and second.dir is None
+
+
+def test_a_failed_create_stops_the_server_and_deletes_the_directory(monkeypatch):
+    made = []
+
+    def fail(self):
+        made.append((self.dir, self.data))
+        raise RuntimeError("the role could not be made")
+
+    monkeypatch.setattr(ScratchServer, "_make_role", fail)
+    with pytest.raises(RuntimeError, match="the role could not be made"):
+        with ScratchServer():  # __enter__ raises, so no __exit__: create() must clean up itself
+            pass
+    (directory, data), = made
+    assert not directory.exists() and _postgres_processes(data) == []
