@@ -30,7 +30,7 @@ async def lifespan(app: FastAPI):
     pool = AsyncConnectionPool(
         os.environ["DATABASE_URL"],
         min_size=2,
-        max_size=4,
+        max_size=2,  # a fixed size: lesson 10 knows how many connections a restart leaves dead
         timeout=float(os.environ.get("POOL_TIMEOUT", "5")),  # what an ordinary request waits for a connection
         check=AsyncConnectionPool.check_connection if os.environ.get("POOL_CHECK") == "1" else None,
         kwargs={"connect_timeout": 2, "application_name": os.environ.get("APP_NAME", "prod_health")},
