@@ -769,6 +769,9 @@ class TLSProxy(NetLab):
         except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()
             return
+        except asyncio.CancelledError:  # the proxy closes while a client is silent after its handshake
+            writer.transport.abort()
+            raise
         record.packet = "cancel" if struct.unpack("!ii", first)[1] == _CANCEL_REQUEST else "startup"
         await self._relay(reader, writer, first)
 

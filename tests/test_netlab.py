@@ -1,8 +1,8 @@
 """The network lab: the delay it adds is the delay measured; a blackhole leaves the client waiting;
 a reset breaks connections; keepalives see a packet-level blackhole; closing leaves nothing behind.
 The TLS proxy: each negotiation path with real connections (SSLRequest, direct TLS with and without
-ALPN, GSSENCRequest declined, plaintext refused or forwarded, downgrade), what it records, and a cancel
-request through it."""
+ALPN, GSSENCRequest declined, plaintext refused or forwarded, downgrade), what it records, a cancel
+request through it, and close() ending clients that stay silent."""
 
 from __future__ import annotations
 
@@ -331,3 +331,29 @@ def test_latency_still_applies_behind_the_tls_proxy(url, pki):
             proxy.latency_ms = 10
             added = _round_trip(conn) - base
     assert 0.018 <= added <= 0.04, f"added {added * 1000:.1f} ms, expected about 20 ms"
+
+
+def test_close_ends_silent_clients_and_leaves_no_socket(url, pki):
+    import gc
+    import socket
+    import ssl
+    import struct
+    import warnings
+
+    from pgcourse.netlab import TLSProxy
+
+    client = ssl.create_default_context(cafile=pki["root"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        proxy = TLSProxy(url, pki["good"]).start()
+        raw = socket.create_connection((proxy.host, proxy.port), timeout=5)
+        raw.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert raw.recv(1) == b"S"
+        with client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:  # TLS up, then silence
+            with socket.create_connection((proxy.host, proxy.port), timeout=5) as idle:  # sends nothing
+                proxy.close()
+                assert tls.recv(1) == b"" and idle.recv(1) == b"", "close() left a client connected"
+        gc.collect()
+    assert not [t for t in threading.enumerate() if t.name == "netlab"], "close() left the proxy's thread"
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaked, leaked
