@@ -534,3 +534,78 @@ def test_a_rewrite_with_sqlalchemy_passes(tmp_path, capsys):
     path.write_text(SQLALCHEMY)
     checks.review(path, lambda url: {"DATABASE_URL": url})
     assert "Exercise 3 passed" in capsys.readouterr().out
+
+
+# --- exercise 3: the holes an adversary found, closed -------------------------------------------------------------
+
+TRANSFER_BODY = """            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                cur = await conn.execute("SELECT balance FROM exercise10.accounts WHERE id = %s", (t.from_id,))
+                row = await cur.fetchone()
+                if row is None or row[0] < t.amount:
+                    return JSONResponse({"error": "insufficient funds"}, status_code=409)
+                await conn.execute("UPDATE exercise10.accounts SET balance = balance - %s WHERE id = %s",
+                                   (t.amount, t.from_id))
+                await conn.execute("UPDATE exercise10.accounts SET balance = balance + %s WHERE id = %s",
+                                   (t.amount, t.to_id))"""
+AUTOCOMMIT = (OPTIONS, OPTIONS.replace('"}', '", "autocommit": True}'))
+PER_ROW_STREAM = (EXPORT, """        async with request.app.state.pool.connection() as conn:
+            async for i, c, k in conn.cursor().stream(
+                    "SELECT id, customer_id, kind FROM events WHERE id < %s ORDER BY id", (before_id,), size=1000):
+                yield f"{i},{c},{k}\\n\"""")
+
+
+def test_autocommit_with_transactions_and_an_export_of_one_line_per_yield_pass(tmp_path, capsys):
+    """Right answers the check once failed: one small chunk per row takes 30 to 45 s on a busy 2-core machine."""
+    checks.review(variant(tmp_path, AUTOCOMMIT, PER_ROW_STREAM), env)
+    assert "Exercise 3 passed" in capsys.readouterr().out
+
+
+def test_no_transaction_a_lost_connection_and_an_export_that_does_not_stream_are_named(tmp_path):
+    """Autocommit and no transaction block (SET TRANSACTION does nothing), a dependency whose `putconn` a failing
+    request skips, and a client-side cursor read with fetchmany (libpq holds the whole result first)."""
+    unwrapped = "\n".join(line[4:] if line.startswith("                ") else line
+                          for line in TRANSFER_BODY.splitlines()[1:])
+    text = problems(variant(
+        tmp_path, AUTOCOMMIT, (TRANSFER_BODY, unwrapped),
+        (DEPENDENCY, """    pool = request.app.state.pool
+    conn = await pool.getconn()
+    yield conn
+    await pool.putconn(conn)"""),
+        (EXPORT.splitlines()[0] + "\n" + EXPORT.splitlines()[1], """        async with request.app.state.pool.connection() as conn:
+            cur = await conn.execute("SELECT id, customer_id, kind FROM events WHERE id < %s ORDER BY id",
+                                     (before_id,))""")))
+    assert {"returned", "not_streamed", "no_transaction"} <= set(named(text)), text
+    assert "committed separately" in text and "NUL byte" in text and "% of the result" in text
+
+
+def test_a_timeout_only_on_locks_a_whole_answer_at_once_and_a_false_409_are_named(tmp_path):
+    text = problems(variant(
+        tmp_path, (OPTIONS, """, open=False,
+                               kwargs={"options": "-c lock_timeout=1000"})"""),
+        (EXPORT + "\n\n    return StreamingResponse(lines(), media_type=\"text/csv\")", EXPORT + """
+
+    body = [chunk async for chunk in lines()]
+    return PlainTextResponse("".join(body), media_type="text/csv")"""),
+        ("from fastapi.responses import JSONResponse, StreamingResponse",
+         "from fastapi.responses import JSONResponse, PlainTextResponse"),
+        (RETRIED, """        except psycopg.errors.SerializationFailure:
+            if attempt == ATTEMPTS:
+                return JSONResponse({"error": "insufficient funds"}, status_code=409)""")))
+    assert named(text) == ["no_timeout", "not_streamed", "contract"], text
+    assert "statement_timeout = 0 (none)" in text and "something false" in text
+
+
+def test_a_slow_retry_and_a_password_in_conninfo_are_named_as_what_they_are(tmp_path):
+    text = problems(variant(
+        tmp_path, ("await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))", "await asyncio.sleep(0.05 * 2**attempt)"),
+        (LOGGED, LOGGED + "\n    log.info(\"conninfo %s\", pool.conninfo)")))
+    assert named(text) == ["secret", "slow_retry"], text
+    assert "conninfo postgresql://" in text and "********" in text and "in this line" in text
+
+
+def test_an_export_past_the_limit_is_named_slow_with_its_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(checks, "EXPORT_LIMIT", 0.2)
+    text = problems(SOLUTION)
+    assert named(text) == ["slow_export"], text
+    assert "still sending after" in text and "contract" not in text

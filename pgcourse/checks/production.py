@@ -227,7 +227,11 @@ TRANSFER_PAIRS, TRANSFER_LATENCY_MS = 4, 10
 RETRY_LIMIT = 6.0  # seconds within which a transfer that always meets 40001 must have given up
 MAX_TRIES = 50  # more tries than this on one request is a retry without a bound
 EXPORT_BEFORE = 200_001  # the export asks for events 1 .. EXPORT_BEFORE - 1
-EXPORT_LIMIT = 30.0  # seconds for the whole export
+EXPORT_LIMIT = 90.0  # seconds for the whole export (one small chunk per row takes 30 to 45 s on a busy 2-core machine)
+EXPORT_RATE = 4 * 2**20  # bytes per second the proxy forwards from the server during the export
+STREAMED_BEFORE = 0.5  # the first CSV line must reach the client before the server has sent this share of the result
+TIMEOUT_RANGE_MS = (500, 2000)  # the statement_timeout the task asks of every session
+FAILING_REQUESTS = 12  # requests that fail in the database, more than the 10 connections a pool may hold
 MEMORY_LIMIT = 40 * 2**20  # growth of the service's peak resident memory that the export may cause
 ACCOUNTS = [(1, "Ada Lovelace", 500), (2, "Alan Turing", 500), (3, "Grace Hopper", 250), (4, "Edsger Dijkstra", 80),
             (5, "Barbara Liskov", 1000), (6, "Ada Yonath", 40), (7, "Poison Account", 0)]
@@ -246,9 +250,10 @@ PROBLEMS = {
                             "borrow a pooled connection for each request (the dependency), so its transaction ends"
                             " with the request; never keep a connection in a global between requests (lesson 04,"
                             " part 1)"),
-    "returned": ("`return` instead of `yield` in the dependency",
-                 "`yield` the connection inside `async with pool.connection() as conn:`, so the pool gets it back,"
-                 " its transaction ended, however the request ends (lesson 08, part 1; lesson 09, part 2)"),
+    "returned": ("connections never given back to the pool",
+                 "`yield` the connection inside `async with pool.connection() as conn:` (not `return`, and not"
+                 " `getconn()` with a `putconn()` after the `yield` that a failing request skips), so the pool gets"
+                 " it back, its transaction ended, however the request ends (lesson 08, part 1; lesson 09, part 2)"),
     "no_timeout": ("no timeout",
                    "give every connection a statement_timeout (the `options` connection parameter, or the pool's"
                    " `kwargs`) and the pool a checkout `timeout` (lesson 02, part 1; lesson 04, part 1)"),
@@ -258,9 +263,28 @@ PROBLEMS = {
     "fetchall": ("a client-side cursor on a huge result",
                  "stream the export: a named (server-side) cursor read in batches, or `cursor.stream()`, and a"
                  " StreamingResponse that sends each batch on (lesson 06)"),
+    "not_streamed": ("an export that does not stream",
+                     "send each batch on as the database sends it: a StreamingResponse whose generator reads a named"
+                     " (server-side) cursor, `cursor.stream()` or COPY, and yields as it reads; a client-side cursor"
+                     " read with fetchmany has the whole result in memory first, and one string joined at the end"
+                     " sends nothing until then (lesson 06)"),
+    "slow_export": ("an export too slow",
+                    f"the check reads the export for {EXPORT_LIMIT:g} s at most: send a batch of rows per chunk (join"
+                    " a thousand lines or more per `yield`), not one line per `yield`"),
     "no_retry": ("no retry for serialization failures (40001)",
                  "retry the whole SERIALIZABLE transaction on SerializationFailure, a bounded number of times"
                  " (lesson 04, part 2; exercise 2)"),
+    "slow_retry": ("a retry that gives up too late",
+                   f"keep the pauses short and capped (a few ms, doubling, at most about 0.5 s) and the tries few, so"
+                   f" that a hopeless transfer is answered within {RETRY_LIMIT:g} s (lesson 04, part 2)"),
+    "retry_no_rollback": ("a retry inside the failed transaction",
+                          "a failed transaction accepts nothing until it is rolled back: retry the whole"
+                          " `async with conn.transaction():` block, which rolls back on the error (lesson 04, part 2;"
+                          " exercise 2)"),
+    "no_transaction": ("a transfer not in one SERIALIZABLE transaction",
+                       "run the transfer's statements inside `async with conn.transaction():`, with SET TRANSACTION"
+                       " ISOLATION LEVEL SERIALIZABLE first in it; under autocommit, without a transaction block, each"
+                       " statement commits on its own and SET TRANSACTION does nothing (lesson 04, parts 1 and 2)"),
     "contract": ("an endpoint no longer keeps its contract",
                  "keep every path, parameter and JSON shape the module's docstring lists"),
     "hung": ("requests that never ended",
@@ -272,6 +296,7 @@ PROBLEMS = {
 class _Findings:
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the check saw (the first time)
     stopped_early: str = ""
+    stuck: bool = False  # a request of the check was still running when the check gave up on it
     logged: dict = field(default_factory=dict)  # exceptions in the service's log (filled by web_api's reader)
 
     def add(self, name: str, seen: str) -> None:
@@ -305,6 +330,17 @@ def _prepare(admin: psycopg.Connection) -> None:
     with admin.cursor() as cur:
         cur.executemany(_sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(_table("accounts")), ACCOUNTS)
     admin.execute(_sql.SQL("CREATE SEQUENCE {}").format(_table("poison_tries")))
+    # Each committed change of a balance, with the transaction that made it, its isolation level and the session's
+    # statement_timeout (a failed try's rows roll back with it).
+    admin.execute(_sql.SQL("CREATE TABLE {} (xid bigint, isolation text, timeout_ms bigint, account int)").format(
+        _table("changes")))
+    admin.execute(_sql.SQL(
+        "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " INSERT INTO {t} VALUES (txid_current(), current_setting('transaction_isolation'),"
+        " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'), NEW.id);"
+        " RETURN NULL; END $$").format(f=_table("noted"), t=_table("changes")))
+    admin.execute(_sql.SQL("CREATE TRIGGER noted AFTER UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {f}()").format(
+        t=_table("accounts"), f=_table("noted")))
     admin.execute(_sql.SQL(
         "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
         " PERFORM nextval({s});"
@@ -319,6 +355,8 @@ def _prepare(admin: psycopg.Connection) -> None:
 def _drop(admin: psycopg.Connection) -> None:
     with contextlib.suppress(psycopg.Error):
         admin.execute(_sql.SQL("DROP TABLE IF EXISTS {}").format(_table("accounts")))
+        admin.execute(_sql.SQL("DROP TABLE IF EXISTS {}").format(_table("changes")))
+        admin.execute(_sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_table("noted")))
         admin.execute(_sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_table("poison")))
         admin.execute(_sql.SQL("DROP SEQUENCE IF EXISTS {}").format(_table("poison_tries")))
 
@@ -515,8 +553,12 @@ async def _transfers(client, lab, admin: psycopg.Connection, found: _Findings) -
         lab.latency_ms = 0
     failed = [a for a in answers if isinstance(a, BaseException) or a.status_code != 201]
     after = _balances(admin)
-    if failed:
-        kinds = sorted({_shown(a)[:60] for a in failed})
+    kinds = sorted({_shown(a)[:60] for a in failed})
+    if failed and all("QueryCanceled" in k or "statement timeout" in k for k in kinds):
+        found.add("no_timeout", f"{len(failed)} of {len(answers)} transfers sent two at a time were cancelled by the"
+                                f" statement timeout ({'; '.join(kinds)}): a timeout too short for the work (the task"
+                                f" asks {TIMEOUT_RANGE_MS[0] / 1000:g} to {TIMEOUT_RANGE_MS[1] / 1000:g} s)")
+    elif failed:
         found.add("no_retry", f"{len(failed)} of {len(answers)} transfers sent two at a time from the same account"
                               f" failed ({'; '.join(kinds)}): the serialization failures that concurrent SERIALIZABLE"
                               " transactions meet reached the client")
@@ -527,15 +569,99 @@ async def _transfers(client, lab, admin: psycopg.Connection, found: _Findings) -
     response, seconds = await client.send("POST", "/transfers", json={"from_id": 5, "to_id": POISON, "amount": 1},
                                           timeout=RETRY_LIMIT)
     tries = _tries(admin) - tries
-    if isinstance(response, BaseException) or tries > MAX_TRIES:
+    if isinstance(response, BaseException):
+        found.stuck = True
+    if tries > MAX_TRIES:
         found.add("no_retry", f"a transfer that meets a serialization failure on every try (the check's trigger) was"
                               f" tried {tries} times and answered {_shown(response)} after {duration(seconds)}:"
                               " a retry without a bound")
+    elif isinstance(response, BaseException):
+        found.add("slow_retry", f"a transfer that meets a serialization failure on every try (the check's trigger) was"
+                                f" tried {tries} times and was still not answered after {duration(seconds)}"
+                                f" ({_shown(response)}): its pauses add up to more than the {RETRY_LIMIT:g} s the task"
+                                " allows")
     elif tries <= 1:
         found.add("no_retry", f"a transfer that met a serialization failure (the check's trigger) was tried"
                               f" {tries} time{'s' if tries != 1 else ''} and answered {_shown(response)}: no retry")
     elif 200 <= response.status_code < 300:
         found.add("contract", f"a transfer that failed on every try answered {_shown(response)}, a success")
+    elif response.status_code == 409 or "insufficient" in response.text:
+        found.add("contract", f"a transfer from an account that holds enough, which failed on every try, answered"
+                              f" {_shown(response)}: that tells the client something false; answer with an error"
+                              " status of its own (503, say) once the tries are spent")
+    _changes(admin, found)
+
+
+def _changes(admin: psycopg.Connection, found: _Findings) -> None:
+    """The committed changes of balances, read from the check's trigger: each transfer's two in one transaction,
+    at SERIALIZABLE, in a session with a statement_timeout in the range the task asks."""
+    rows = admin.execute(_sql.SQL("SELECT xid, isolation, timeout_ms, account FROM {}").format(_table("changes"))
+                         ).fetchall()
+    if not rows:
+        return
+    per_xid: dict[int, int] = {}
+    for xid, *_ in rows:
+        per_xid[xid] = per_xid.get(xid, 0) + 1
+    alone = sum(1 for n in per_xid.values() if n == 1)
+    if alone:
+        found.add("no_transaction", f"of the {len(per_xid)} transactions that changed balances, {alone} changed only"
+                                    " one account: the debit and the credit of a transfer committed separately (a"
+                                    " failure between them would lose or make money)")
+    levels = sorted({level for _, level, _, _ in rows} - {"serializable"})
+    if levels:
+        found.add("no_transaction", f"transfers committed at isolation level {', '.join(levels)}, not serializable")
+    low, high = TIMEOUT_RANGE_MS
+    timeouts = sorted({t for _, _, t, _ in rows})
+    wrong = [t for t in timeouts if not low <= t <= high]
+    if wrong:
+        shown = ", ".join("0 (none)" if t == 0 else f"{t} ms" for t in wrong)
+        found.add("no_timeout", f"the sessions that ran the transfers had statement_timeout = {shown} (the check read"
+                                f" it on the server); the task asks {low / 1000:g} to {high / 1000:g} s in every"
+                                " session, not only where a test waits")
+
+
+class _MeteredWriter:
+    """The service's side of a proxied connection: counts the bytes delivered to it from the server, at most
+    `lab.rate` a second. The server itself sends at full speed (the proxy queues), so that a statement that
+    streams its whole result is not held up by the slowing, nor cut by a statement_timeout."""
+
+    def __init__(self, writer: asyncio.StreamWriter, lab):
+        self.writer, self.lab, self.pending = writer, lab, 0
+
+    def write(self, data: bytes) -> None:
+        self.pending += len(data)
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+        sent, self.pending = self.pending, 0
+        self.lab.server_bytes += sent
+        if self.lab.rate and sent:
+            await asyncio.sleep(sent / self.lab.rate)
+
+    def __getattr__(self, name: str):
+        return getattr(self.writer, name)
+
+
+def _metered_lab(url: str):
+    """A NetLab whose proxy also counts the bytes it delivers from the server, and can slow them (`rate`, bytes a
+    second)."""
+    from ..netlab import NetLab, _Link
+
+    class MeteredLink(_Link):
+        async def _pump(self, reader, writer, sender: str) -> None:
+            await super()._pump(reader, _MeteredWriter(writer, self.lab) if sender == "server" else writer, sender)
+
+    class MeteredLab(NetLab):
+        server_bytes, rate = 0, 0
+
+        async def _on_client(self, reader, writer) -> None:
+            self.accepted += 1
+            link = MeteredLink(self, reader, writer)
+            self._links.add(link)
+            await link.run()
+
+    return MeteredLab(url, packet_level=False)
 
 
 class _PeakMemory:
@@ -578,7 +704,27 @@ class _PeakMemory:
         self.growth = max(0, peak - self.base)
 
 
-async def _export(svc, admin: psycopg.Connection, found: _Findings) -> None:
+async def _failing(client, found: _Findings) -> None:
+    """Requests that fail in the database, more than a pool may hold: then the service must still answer."""
+    from .web_api import _shown
+
+    answers = []
+    for _ in range(FAILING_REQUESTS):
+        response, seconds = await client.send("GET", "/accounts/search", params={"owner": "nul\x00byte"})
+        answers.append(response)
+        if seconds > 1.0:  # waited for a connection: the pool has run dry already
+            break
+    failed = [a for a in answers if isinstance(a, BaseException) or a.status_code >= 500]
+    if not failed:
+        return
+    response, _ = await client.send("GET", "/health")
+    if isinstance(response, BaseException) or response.status_code != 200:
+        found.add("returned", f"after {len(failed)} searches that failed in the database (a text with a NUL byte,"
+                              f" which PostgreSQL refuses; answered {_shown(failed[0])}), GET /health got"
+                              f" {_shown(response)}: each failing request kept its connection, and the pool ran dry")
+
+
+async def _export(svc, lab, admin: psycopg.Connection, found: _Findings) -> None:
     """The export of EXPORT_BEFORE - 1 events, read as it streams; the service's peak memory meanwhile."""
     import httpx
 
@@ -588,24 +734,36 @@ async def _export(svc, admin: psycopg.Connection, found: _Findings) -> None:
                                        (EXPORT_BEFORE,)).fetchone()
     right_last = admin.execute("SELECT concat_ws(',', id, customer_id, kind) FROM events WHERE id = %s",
                                (last,)).fetchone()[0]
-    lines, tail, status, began = 0, "", None, time.monotonic()
+    lines, tail, status, began, sent_first = 0, "", None, time.monotonic(), None
+    sent_before, lab.rate = lab.server_bytes, EXPORT_RATE
+    slow = False
     with _PeakMemory(svc.pid) as memory:
         try:
-            async with httpx.AsyncClient(base_url=svc.url, timeout=EXPORT_LIMIT) as client:
+            async with httpx.AsyncClient(base_url=svc.url, timeout=max(10.0, EXPORT_LIMIT)) as client:
                 async with client.stream("GET", "/events/export", params={"before_id": EXPORT_BEFORE}) as response:
                     status, header = response.status_code, None
                     async for line in response.aiter_lines():
                         if header is None:
                             header = line
                             continue
+                        if sent_first is None:
+                            sent_first = lab.server_bytes - sent_before
                         lines += 1
                         tail = line
                         if time.monotonic() - began > EXPORT_LIMIT:
+                            slow = True
                             break
         except httpx.HTTPError as exc:
             status = type(exc).__name__
+        finally:
+            lab.rate = 0
     seconds = time.monotonic() - began
-    if status != 200 or header != "id,customer_id,kind" or lines != count or tail != right_last:
+    sent = lab.server_bytes - sent_before
+    if slow and status == 200 and header == "id,customer_id,kind":
+        found.add("slow_export", f"GET /events/export?before_id={EXPORT_BEFORE} was still sending after"
+                                 f" {duration(seconds)}: {lines:,} of {count:,} lines had arrived, every line right so"
+                                 " far")
+    elif status != 200 or header != "id,customer_id,kind" or lines != count or tail != right_last:
         found.add("contract", f"GET /events/export?before_id={EXPORT_BEFORE} answered {status}, header"
                               f" {header!r}, {lines:,} lines ending {tail!r} after {duration(seconds)}; the right"
                               f" answer has {count:,} lines after the header, the last {right_last!r}")
@@ -613,6 +771,11 @@ async def _export(svc, admin: psycopg.Connection, found: _Findings) -> None:
         found.add("fetchall", f"while it exported {count:,} events, the service's resident memory grew by"
                               f" {memory.growth / 2**20:.0f} MB (the limit is {MEMORY_LIMIT / 2**20:.0f} MB): it held"
                               " the whole result at once")
+    elif sent_first is not None and sent > 2**20 and sent_first > STREAMED_BEFORE * sent:
+        found.add("not_streamed", f"the first CSV line reached the client only after the database had sent"
+                                  f" {sent_first / sent:.0%} of the result to the service (the proxy forwarding"
+                                  f" {EXPORT_RATE / 2**20:g} MB/s): the service had read the whole result, or built"
+                                  " the whole answer, before it sent anything")
 
 
 async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findings) -> None:
@@ -629,14 +792,15 @@ async def _examine(svc, lab, tag: str, admin: psycopg.Connection, found: _Findin
         await _slow(client, tag, found)
         await _unreachable(client, lab, found)
         await _transfers(client, lab, admin, found)
-        await _export(svc, admin, found)
+        await _export(svc, lab, admin, found)
+        await _left_open(tag, found)
+        await _failing(client, found)
     finally:
         await client.close()
 
 
 def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> None:
     """Exercise 3: run the learner's module, send it right, hostile and concurrent requests, name each mistake."""
-    from ..netlab import NetLab
     from .web_api import _abandoned, _env_from, _from_log, _one_at_a_time, _service, _started, _within
 
     path = Path(file).resolve()
@@ -645,7 +809,7 @@ def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> No
                       " Open it in JupyterLab, fix what you find, save it, then run this check again.")
     tag = new_tag(3)
     found = _Findings()
-    with check_connect(autocommit=True) as admin, NetLab(database_url(), packet_level=False) as lab:
+    with check_connect(autocommit=True) as admin, _metered_lab(database_url()) as lab:
         url = with_params(lab.url, application_name=tag)
         env = _env_from(service_env, url)
         secrets = secrets_in(url)
@@ -657,7 +821,7 @@ def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> No
         try:
             svc = _started(_service(path, env), path.name, secrets)
             try:
-                _within(_examine(svc, lab, tag, admin, found), 90, found, path.name,
+                _within(_examine(svc, lab, tag, admin, found), 90 + EXPORT_LIMIT, found, path.name,
                         "the contract, the load, the lock, the transfers and the export")
                 before = _abandoned(admin)
                 code = svc.stop(signal.SIGTERM, timeout=10)
@@ -665,7 +829,11 @@ def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> No
                 svc.__exit__(None, None, None)
             if not found.stopped_early:
                 _shutdown(admin, tag, before, code, found)
+            _secret_lines(svc.log, found, secrets)
             _from_log(svc.log, found, secrets)
+            if "no_retry" in found.problems and any("InFailedSqlTransaction" in line for line in found.logged):
+                found.problems["retry_no_rollback"] = found.problems.pop("no_retry") + (
+                    "; the service's log shows InFailedSqlTransaction: each new try ran inside the failed one")
         except psycopg.errors.UndefinedTable:
             raise CheckFailed(f"The check's table {SCHEMA}.accounts vanished during the run: something else dropped"
                               " it.", "run the check again, with nothing else using that schema") from None
@@ -675,10 +843,21 @@ def review(file: str | Path, service_env: Callable[[str], dict[str, str]]) -> No
     if found.problems:
         raise found.verdict(path.name)
     passed(3, "a hostile search kept out of the SQL, one pool (a few connections for a load of requests), no"
-              " transaction left open, connections given back by every request, a query stuck on a lock cut by a"
-              " timeout, requests the pool could not serve during an outage refused in time, no password in the"
-              " log, an export streamed in little memory, concurrent transfers retried to success and a hopeless"
-              " one given up on, and every session ended properly at shutdown.")
+              " transaction left open, connections given back by every request (a failing one too), a query stuck on"
+              " a lock cut by a timeout, every session with a statement_timeout of 0.5 to 2 s, requests the pool"
+              " could not serve during an outage refused in time, no password in the log, an export streamed in"
+              " little memory, each transfer one serializable transaction, concurrent transfers retried to success"
+              " and a hopeless one given up on, and every session ended properly at shutdown.")
+
+
+def _secret_lines(log: str, found: _Findings, secrets: list[str]) -> None:
+    """The first line of the service's output that holds the password, quoted with the password masked."""
+    for line in log.splitlines():
+        if any(s in line for s in secrets):
+            shown = mask(line.strip(), secrets)
+            found.add("secret", f"it printed or logged the password, in this line: {shown[:200]!r}; look for"
+                                " what wrote it (a URL, a pool's conninfo, a settings dict, an exception's text)")
+            return
 
 
 def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int | None, found: _Findings) -> None:
@@ -697,7 +876,7 @@ def _shutdown(admin: psycopg.Connection, tag: str, before: int | None, code: int
     while time.monotonic() < deadline and after == before:
         time.sleep(0.1)
         after = _abandoned(admin)
-    if after > before:
+    if after > before and not found.stuck:  # a request still running at SIGTERM is cut: its session too
         found.add("pool_left_open", f"when it stopped (SIGTERM), {after - before} of its sessions ended without"
                                     " saying goodbye: the server saw the process vanish"
                                     " (pg_stat_database.sessions_abandoned) instead of each connection closing")
