@@ -275,8 +275,9 @@ PROBLEMS = {
     "no_retry": ("no retry for serialization failures (40001)",
                  "retry the whole SERIALIZABLE transaction on SerializationFailure, a bounded number of times"
                  " (lesson 04, part 2; exercise 2)"),
-    "slow_retry": ("a retry that gives up too late",
-                   f"keep the pauses short and capped (a few ms, doubling, at most about 0.5 s) and the tries few, so"
+    "slow_retry": ("a retry that does not give up in time",
+                   f"count the tries, keep them few, and the pauses short and capped (a few ms, doubling, at most"
+                   f" about 0.5 s), so"
                    f" that a hopeless transfer is answered within {RETRY_LIMIT:g} s (lesson 04, part 2)"),
     "retry_no_rollback": ("a retry inside the failed transaction",
                           "a failed transaction accepts nothing until it is rolled back: retry the whole"
@@ -579,8 +580,8 @@ async def _transfers(client, lab, admin: psycopg.Connection, found: _Findings) -
     elif isinstance(response, BaseException):
         found.add("slow_retry", f"a transfer that meets a serialization failure on every try (the check's trigger) was"
                                 f" tried {tries} times and was still not answered after {duration(seconds)}"
-                                f" ({_shown(response)}): its pauses add up to more than the {RETRY_LIMIT:g} s the task"
-                                " allows")
+                                f" ({_shown(response)}): a retry without a bound, or pauses that add up to more than"
+                                f" the {RETRY_LIMIT:g} s the task allows")
     elif tries <= 1:
         found.add("no_retry", f"a transfer that met a serialization failure (the check's trigger) was tried"
                               f" {tries} time{'s' if tries != 1 else ''} and answered {_shown(response)}: no retry")
