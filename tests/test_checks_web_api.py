@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 
 import psycopg
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from pgcourse.checks import CheckFailed, NotDone
 from pgcourse.checks import web_api as checks
 from pgcourse.server import ROOT
+from tests.service_variants import named_in, service_env, verdict, write_variant
 
 pytestmark = pytest.mark.usefixtures("checks_database")
 
@@ -24,33 +24,21 @@ SOLUTION = ROOT / "solutions" / "09_web_api_service.py"
 EXERCISE = ROOT / "exercises" / "09_web_api_service.py"
 
 
-def env(database_url):
-    return {"DATABASE_URL": database_url, "POOL_MAX": "4", "POOL_TIMEOUT": "2", "STATEMENT_TIMEOUT_MS": "1000"}
+env = service_env
 
 
 def variant(tmp_path, *replacements: tuple[str, str], source=SOLUTION):
-    """The solution's file with each `old` replaced by `new` (each must be there), in a folder of its own."""
-    text = source.read_text()
-    for old, new in replacements:
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / "09_web_api_service.py"
-    path.write_text(text)
-    return path
+    """The solution's file with each `old` replaced by `new`, in a folder of its own."""
+    return write_variant(tmp_path, source, *replacements)
 
 
 def problems(path, service_env=env) -> str:
-    with pytest.raises(CheckFailed) as caught:
-        checks.service(path, service_env)
-    text = str(caught.value)
-    assert "Hint:" in text
-    return text
+    return verdict(checks.service, path, service_env)
 
 
 def named(text: str) -> list[str]:
     """The names of the problems a verdict lists, in its order."""
-    names = {v[0]: k for k, v in checks.PROBLEMS.items()}
-    return [names[m] for m in re.findall(r"^- (.+?): ", text, re.M) if m in names]
+    return named_in(text, checks.PROBLEMS)
 
 
 # --- exercise 1 ----------------------------------------------------------------------------------------
