@@ -35,7 +35,7 @@ def nav_source(path: Path) -> str:
         parts.append(f"← Previous: [{title(order[i - 1])}]({order[i - 1].name})")
     parts.append("[Contents](../README.md#the-lessons)")
     parts.append(f"Next: [{title(order[i + 1])}]({order[i + 1].name}) →" if i + 1 < len(order)
-                 else "Next: more lessons are on the way")
+                 else "Next: this is the course's last lesson; its exercises review the whole course")
     return " | ".join(parts)
 
 
@@ -44,7 +44,8 @@ def next_source(exercises: Path) -> str:
     later = [p for p in lessons(exercises.parent.parent / "notebooks") if p.name[:2] > exercises.name[:2]]
     if later:
         return f"## Next\n\nDone? Go on to [{title(later[0])}](../notebooks/{later[0].name})."
-    return "## Next\n\nDone? The next lesson is on its way: see [the lessons](../README.md#the-lessons)."
+    return ("## Next\n\nDone? That was the course's last exercise. [The lessons](../README.md#the-lessons) list what each"
+            " one covers, for when production asks you about it.")
 
 
 def write_nav(path: Path) -> bool:
