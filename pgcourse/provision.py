@@ -319,17 +319,89 @@ def install_tools(conn: psycopg.Connection, whole_server: bool) -> bool:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(TOOLS)))
             conn.execute(tools_sql())
             conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(TOOLS), sql.Literal(stamp)))
-    learner = sql.Identifier(LEARNER)
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(TOOLS), learner))
-    for function in ("create_demo_role(text, text, integer)", "drop_demo_role(text)",
-                     "copy_from_course_file(regclass, text, text, boolean)", "course_file_directory()"):
+    grant_tools(conn, LEARNER, whole_server)
+    return True
+
+
+TOOL_FUNCTIONS = ("create_demo_role(text, text, integer)", "drop_demo_role(text)",
+                  "copy_from_course_file(regclass, text, text, boolean)", "course_file_directory()")
+
+
+def grant_tools(conn: psycopg.Connection, role: str, whole_server: bool) -> None:
+    """Let `role` use the course's tools in the connected database (LEARNER_RIGHTS), and reset query
+    statistics only where it owns the whole server."""
+    grantee = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(TOOLS), grantee))
+    for function in TOOL_FUNCTIONS:
         conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(
-            sql.Identifier(TOOLS), sql.SQL(function), learner))
+            sql.Identifier(TOOLS), sql.SQL(function), grantee))
     verb = "GRANT EXECUTE ON FUNCTION {} TO {}" if whole_server else "REVOKE EXECUTE ON FUNCTION {} FROM {}"
     for (function,) in conn.execute("SELECT oid::regprocedure::text FROM pg_proc"
                                     " WHERE proname = 'pg_stat_statements_reset'").fetchall():
-        conn.execute(sql.SQL(verb).format(sql.SQL(function), learner))
-    return True
+        conn.execute(sql.SQL(verb).format(sql.SQL(function), grantee))
+
+
+def revoke_tools(conn: psycopg.Connection, role: str) -> None:
+    """Take back what grant_tools gave `role` in the connected database."""
+    grantee = sql.Identifier(role)
+    conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(TOOLS), grantee))
+    for function in TOOL_FUNCTIONS:
+        conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {}.{} FROM {}").format(
+            sql.Identifier(TOOLS), sql.SQL(function), grantee))
+    for (function,) in conn.execute("SELECT oid::regprocedure::text FROM pg_proc"
+                                    " WHERE proname = 'pg_stat_statements_reset'").fetchall():
+        conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(sql.SQL(function), grantee))
+
+
+_OWNED_KINDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE",
+                "S": "SEQUENCE"}
+
+
+def hand_over(conn: psycopg.Connection, old_owner: str, new_owner: str) -> int:
+    """Give `new_owner` every object `old_owner` owns in the connected database, object by object (never
+    REASSIGN OWNED, which also hands over shared objects such as databases); return how many moved.
+
+    Sequences that belong to a column move with their table. An object of a kind not handled here is
+    refused, so that a change to the dataset cannot leave something behind unnoticed.
+    """
+    new = sql.Identifier(new_owner)
+    moved = 0
+    owned = conn.execute(
+        "SELECT c.relkind::text, n.nspname::text, c.relname::text,"
+        " EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+        "         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relowner = to_regrole(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+        " ORDER BY c.relkind = 'S', n.nspname, c.relname", (old_owner,)).fetchall()
+    for kind, schema, name, belongs_to_table in owned:
+        if kind == "S" and belongs_to_table:
+            continue  # moved with its table
+        conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
+            sql.SQL(_OWNED_KINDS[kind]), sql.Identifier(schema, name), new))
+        moved += 1
+    for (schema,) in conn.execute("SELECT nspname::text FROM pg_namespace WHERE nspowner = to_regrole(%s)"
+                                  " ORDER BY 1", (old_owner,)).fetchall():
+        conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), new))
+        moved += 1
+    for (routine,) in conn.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proowner = to_regrole(%s)"
+                                   " ORDER BY 1", (old_owner,)).fetchall():
+        conn.execute(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(sql.SQL(routine), new))
+        moved += 1
+    for kind, type_name in conn.execute(
+            "SELECT t.typtype::text, t.oid::regtype::text FROM pg_type t WHERE t.typowner = to_regrole(%s)"
+            " AND t.typtype IN ('e', 'd', 'c', 'r') AND (t.typrelid = 0"
+            " OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') ORDER BY 2", (old_owner,)).fetchall():
+        verb = "ALTER DOMAIN {} OWNER TO {}" if kind == "d" else "ALTER TYPE {} OWNER TO {}"
+        conn.execute(sql.SQL(verb).format(sql.SQL(type_name), new))
+        moved += 1
+    left = conn.execute(
+        "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend WHERE deptype = 'o'"
+        " AND refobjid = to_regrole(%s) AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY 1", (old_owner,)).fetchall()
+    if left:
+        raise ServerError(f"{old_owner} still owns {', '.join(r[0] for r in left)} after the hand-over to {new_owner}.",
+                          "teach provision.hand_over that kind of object")
+    return moved
 
 
 def _prepare_public_schema(conn: psycopg.Connection) -> None:
@@ -503,6 +575,7 @@ def provision(admin: Admin, learner_password: str, limited_password: str, scale:
         clone(admin, COURSE_DB)
     else:
         upgrade_course_database(admin, whole_server, say=say)
+    _board(admin)
     if report:
         for line in describe_rights(major_version, version, whole_server):
             say(line)
@@ -519,3 +592,12 @@ def upgrade(admin: Admin, *, whole_server: bool = True, say=print) -> None:
     if upgrade_template(admin, whole_server):
         say(f"Brought {TEMPLATE_DB!r} up to date (owned by the admin, with the course's tools).")
     upgrade_course_database(admin, whole_server, say=say)
+    _board(admin)
+
+
+def _board(admin: Admin) -> None:
+    """The progress board's database, and the learner enrolled in it (pgcourse.board)."""
+    from . import board  # imported here: the board's module may import this one
+
+    board.ensure_board(admin)
+    board.enroll(admin, LEARNER)

@@ -143,6 +143,11 @@ class Cluster:
             "password_encryption": "'scram-sha-256'",
             "log_line_prefix": "'%m [%p] %q%u@%d/%a '",  # %a: the application_name (lesson 10)
         }
+        from .room import bundled_max_connections  # the room file, while a room exists (`room create`)
+
+        room_connections = bundled_max_connections(self.base / ".room" / "room.json")
+        if room_connections:
+            settings["max_connections"] = str(room_connections)
         text = "# Written by pgcourse.server: the course's settings.\n"
         text += "".join(f"{key} = {value}\n" for key, value in settings.items())
         (self.data / "course.conf").write_text(text)
