@@ -7,16 +7,20 @@ NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
+.PHONY: room-create room-reset room-drop room-list room-board
 .PHONY: help venv lab run test test-pythons test-pg15 binder-link execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
 
-# A target's comment says who it is for: `## ` the learner's commands, `#: ` the authors' (make help
-# lists them apart, so that a learner does not run a command that rewrites course files).
+# A target's comment says who it is for: `## ` the learner's commands, `#: ` the authors', `#room: ` an
+# instructor's (make help lists them apart, so that a learner does not run a command that rewrites course files).
 help: ## list the targets
 	@echo "Taking the course:"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 	@echo
 	@echo "Writing the course (for authors: they rewrite course files or take a long time):"
 	@grep -E '^[a-z0-9-]+:.*#: ' $(MAKEFILE_LIST) | awk -F':.*#: ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo
+	@echo "Teaching a room (for instructors: one server, a role and a database per learner; docs/instructor.md):"
+	@grep -E '^[a-z0-9-]+:.*#room: ' $(MAKEFILE_LIST) | awk -F':.*#room: ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # PYTHON given on the command line and .venv made by another Python: make it again with that one.
 ifeq ($(origin PYTHON),command line)
@@ -106,6 +110,23 @@ db-provision: $(STAMP) ## set the course up on your own server: make db-provisio
 
 db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-destroy YES=1
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
+
+room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=12] [ADMIN_URL=postgresql://...]
+	@test -n "$(N)$(NAMES)" || { echo "Say who: make room-create N=30, or NAMES=alice,bob (the hub's user names)"; exit 1; }
+	@$(PY) -m pgcourse room create $(if $(NAMES),--names "$(NAMES)",--learners "$(N)") $(if $(LIMIT),--connection-limit "$(LIMIT)") $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
+
+room-reset: $(STAMP) #room: recreate one learner's database from the template, ending its sessions: make room-reset L=alice
+	@test -n "$(L)" || { echo "Say whose: make room-reset L=alice (make room-list lists them)"; exit 1; }
+	@$(PY) -m pgcourse room reset "$(L)" $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
+
+room-drop: $(STAMP) #room: drop every learner's roles and databases (asks first; YES=1 does not)
+	@$(PY) -m pgcourse room drop $(if $(YES),--yes) $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
+
+room-list: $(STAMP) #room: the room's learners, their databases, sessions now and connection limits
+	@$(PY) -m pgcourse room list $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
+
+room-board: $(STAMP) #room: the progress board, refreshed live (ONCE=1 prints it once)
+	@$(PY) -m pgcourse room board $(if $(ONCE),--once)
 
 docker-up: ## run the course in Docker: PostgreSQL 18 and JupyterLab on http://127.0.0.1:8888 (needs Docker Compose)
 	@sh docker/new-env.sh

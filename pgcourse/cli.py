@@ -1,4 +1,5 @@
-"""Command line: `.venv/bin/python -m pgcourse db start|stop|status|reset|url|psql|provision|...`, `lab`, `execute`."""
+"""Command line: `.venv/bin/python -m pgcourse db start|stop|status|reset|url|psql|provision|...`, `room ...`, `lab`,
+`execute`."""
 
 from __future__ import annotations
 
@@ -196,6 +197,108 @@ def cmd_binder_link(args) -> None:
     main(args.repo, args.branch)
 
 
+# ---- a room (instructors) ---------------------------------------------------------------------------
+def _room_admin(args, room_server: dict | None = None) -> tuple[provision.Admin, dict]:
+    """The admin of the room's server, and that server (host, port, kind): --admin-url for an external
+    server (used once, not saved), else the course's own target (the bundled server, started if needed)."""
+    if args.admin_url:
+        admin = provision.Admin(args.admin_url)
+        with admin.connect() as conn:
+            host, port = conn.info.host, conn.info.port
+        if host.startswith("/"):
+            raise CourseError("That URL reaches the server over a unix socket; learners connect over TCP.",
+                              "give a URL with a host name, e.g. postgresql://postgres:...@db.example:5432/postgres")
+        return admin, {"host": host, "port": port, "kind": "external"}
+    tgt = target.load(start=room_server is None or room_server.get("kind") == "bundled")
+    parts = urlsplit(tgt.database_url)
+    server = {"host": parts.hostname, "port": parts.port or 5432, "kind": tgt.kind}
+    if room_server is not None and room_server != server:
+        raise CourseError(f"The room is on {room_server['kind']} server {room_server['host']}:{room_server['port']},"
+                          " which is not the course's server.", "give its superuser URL with --admin-url")
+    return tgt.admin, server
+
+
+def cmd_room_create(args) -> None:
+    from . import room
+
+    if args.names:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+    else:
+        width = max(2, len(str(args.learners)))
+        names = [f"learner{i:0{width}d}" for i in range(1, args.learners + 1)]
+    if not args.names and not 1 <= args.learners <= 999:
+        raise CourseError(f"A room of {args.learners} learners?", "give --learners 1 to 999")
+    path = room.room_file()
+    existing = room.Room.load(path).server if path.exists() else None
+    admin, server = _room_admin(args, existing if not args.admin_url else None)
+    started = time.perf_counter()
+    made = room.create(admin, names, host=server["host"], port=server["port"], kind=server["kind"],
+                       connection_limit=args.connection_limit, path=path)
+    print(f"The room of {len(made.learners)} is ready ({time.perf_counter() - started:.1f} s). `make room-list` shows it;"
+          " docs/instructor.md and docs/jupyterhub.md say how to hand out the URLs.")
+
+
+def cmd_room_reset(args) -> None:
+    from . import room
+
+    loaded = room.Room.load(room.room_file())
+    admin, _ = _room_admin(args, loaded.server)
+    started = time.perf_counter()
+    ended = room.reset(admin, loaded, args.name)
+    learner = loaded.learners[args.name]
+    print(f"Recreated {learner.database!r} from {provision.TEMPLATE_DB!r} in {time.perf_counter() - started:.2f} s.")
+    if ended:
+        print(f"Ended {len(ended)} session(s) of {args.name}:")
+        for session in ended:
+            print(f"  {session}")
+        print("Their notebooks must reconnect: rerun them from the top.")
+    else:
+        print(f"No session of {args.name} was connected to it.")
+
+
+def cmd_room_drop(args) -> None:
+    from . import room
+
+    loaded = room.Room.load(room.room_file())
+    names = args.names or None
+    who = ", ".join(names) if names else f"all {len(loaded.learners)} learners"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CourseError(f"This drops the roles and databases of {who} (their work is lost).",
+                              "run `make room-drop YES=1` (or add --yes) if that is what you want")
+        answer = input(f"Drop the roles and databases of {who}? Their work is lost. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing dropped.")
+            return
+    admin, _ = _room_admin(args, loaded.server)
+    room.drop(admin, loaded, names, path=room.room_file())
+
+
+def cmd_room_list(args) -> None:
+    from . import room
+
+    loaded = room.Room.load(room.room_file())
+    admin, _ = _room_admin(args, loaded.server)
+    rows = room.listing(admin, loaded)
+    server = loaded.server
+    print(f"Room on {server['kind']} server {server['host']}:{server['port']}: {len(rows)} learner(s),"
+          f" {loaded.connection_limit} connections each; the server needs max_connections >= {loaded.max_connections}.")
+    print(f"  {'learner':<17}{'database':<23}{'ready':<7}{'sessions':>9}{'limit':>7}")
+    for row in rows:
+        limit = "-" if row["limit"] is None else row["limit"]
+        print(f"  {row['name']:<17}{row['database']:<23}{'yes' if row['exists'] else 'NO':<7}"
+              f"{row['sessions']:>9}{limit:>7}")
+
+
+def cmd_room_board(args) -> None:
+    from . import board
+
+    main = getattr(board, "main", None)
+    if main is None:
+        raise CourseError("The progress board is not available in this version of the course.", "update the course")
+    main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pgcourse", description=__doc__)
     top = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +324,31 @@ def build_parser() -> argparse.ArgumentParser:
     destroy = db.add_parser("destroy", help="stop the bundled server and delete its data")
     destroy.add_argument("--yes", action="store_true")
     destroy.set_defaults(func=cmd_destroy)
+    room = top.add_parser("room", help="a room: a role and a database per learner on one server (instructors)")
+    rooms = room.add_subparsers(dest="action", required=True)
+    admin_url = argparse.ArgumentParser(add_help=False)
+    admin_url.add_argument("--admin-url", default="",
+                           help="a superuser URL of an external server (used once, not saved); default: the course's")
+    create = rooms.add_parser("create", parents=[admin_url], help="create the room, or add learners to it")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--learners", type=int, help="how many: learner01, learner02, ...")
+    who.add_argument("--names", help="comma-separated names (e.g. the hub's user names)")
+    create.add_argument("--connection-limit", type=int, default=None,
+                        help="each learner role's CONNECTION LIMIT (default: pgcourse.roomenv.PER_LEARNER)")
+    create.set_defaults(func=cmd_room_create)
+    room_reset = rooms.add_parser("reset", parents=[admin_url], help="recreate one learner's database (ends its sessions)")
+    room_reset.add_argument("name")
+    room_reset.set_defaults(func=cmd_room_reset)
+    room_drop = rooms.add_parser("drop", parents=[admin_url], help="drop learners' roles and databases (all by default)")
+    room_drop.add_argument("names", nargs="*")
+    room_drop.add_argument("--yes", action="store_true", help="do not ask")
+    room_drop.set_defaults(func=cmd_room_drop)
+    rooms.add_parser("list", parents=[admin_url], help="the learners, their databases and sessions now"
+                     ).set_defaults(func=cmd_room_list)
+    board = rooms.add_parser("board", help="the progress board: learners x exercises, refreshed live")
+    board.add_argument("--once", action="store_true", help="print it once and exit")
+    board.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
+    board.set_defaults(func=cmd_room_board)
     lab = top.add_parser("lab", help="start the server and JupyterLab with DATABASE_URL set")
     lab.add_argument("--no-browser", action="store_true")
     lab.set_defaults(func=cmd_lab)

@@ -36,6 +36,11 @@ DEFAULT_MAX_CONNECTIONS = 100  # PostgreSQL's default, which the bundled server 
 NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 
 
+def room_file() -> Path:
+    """The room file the commands use: ROOM_FILE, or PGCOURSE_ROOM_FILE (tests keep theirs apart)."""
+    return Path(os.environ.get("PGCOURSE_ROOM_FILE") or ROOM_FILE)
+
+
 def valid_name(name: str) -> bool:
     """A learner's name: a lowercase letter, then at most 15 lowercase letters or digits."""
     return isinstance(name, str) and NAME.fullmatch(name) is not None
