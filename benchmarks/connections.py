@@ -55,11 +55,13 @@ class Peaks:
     polls: int = 0
     ok: bool = True
     error: str = ""
+    elsewhere_databases: list = field(default_factory=list)  # where those sessions were
     unattributed: list = field(default_factory=list)  # socket sessions of the roles elsewhere (no port)
 
 
-def tree_ports(pid: int) -> set[int]:
-    """Local TCP ports of a process and all its descendants (the kernel, services it started)."""
+def tree_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the TCP connections to the server of a process and all its descendants (the kernel, the
+    services it started)."""
     import psutil
 
     ports: set[int] = set()
@@ -70,7 +72,8 @@ def tree_ports(pid: int) -> set[int]:
         return ports
     for proc in procs:
         try:
-            ports.update(c.laddr.port for c in proc.net_connections(kind="tcp") if c.laddr)
+            ports.update(c.laddr.port for c in proc.net_connections(kind="tcp")
+                         if c.laddr and c.raddr and c.raddr.port == server_port)
         except psutil.Error:
             continue
     return ports
@@ -80,6 +83,7 @@ def measure(path: Path, tgt: target.Target, timeout: float) -> Peaks:
     from pgcourse.notebooks import fresh_database
 
     roles = [conninfo_to_dict(tgt.database_url)["user"], conninfo_to_dict(tgt.limited_url)["user"]]
+    server_port = int(conninfo_to_dict(tgt.database_url).get("port") or 5432)
     peaks = Peaks(str(path.relative_to(ROOT)) if path.is_absolute() else str(path))
     with fresh_database(tgt, f"conn_{path.stem}") as dbname, tgt.admin.connect() as admin:
         started = time.perf_counter()
@@ -95,11 +99,13 @@ def measure(path: Path, tgt: target.Target, timeout: float) -> Peaks:
             elsewhere = [r for r in rows if r[1] != dbname]
             unknown = [r for r in elsewhere if r[0] not in ours and r[3] is not None and r[3] > 0]
             if unknown:
-                ports = tree_ports(runner.pid)
+                ports = tree_ports(runner.pid, server_port)
                 for pid, _, _, port in unknown:
                     ours[pid] = port in ports
             mine = [r for r in rows if r[1] == dbname or ours.get(r[0])]
             for r in elsewhere:
+                if ours.get(r[0]) and r[1] not in peaks.elsewhere_databases:
+                    peaks.elsewhere_databases.append(r[1])
                 if (r[3] is None or r[3] <= 0) and r[0] not in peaks.unattributed:
                     peaks.unattributed.append(r[0])
             peaks.learner = max(peaks.learner, sum(r[2] == roles[0] for r in mine))
