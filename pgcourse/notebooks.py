@@ -25,13 +25,16 @@ def clone_name(label: str) -> str:
 
 @contextmanager
 def fresh_database(target: Target, label: str) -> Iterator[str]:
-    """A clone of the template for one run, dropped afterwards."""
+    """A clone of the template for one run, dropped afterwards with the progress its checks recorded."""
+    from . import board
+
     name = clone_name(label)
     provision.clone(target.admin, name)
     try:
         yield name
     finally:
         provision.drop(target.admin, name)
+        board.forget_database(target.admin, name)
 
 
 def sessions_in(target: Target, dbname: str, wait: float = 0.0) -> list[str]:

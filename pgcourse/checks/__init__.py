@@ -12,7 +12,10 @@ What every check shares lives here, so that a new lesson's checks get it by usin
   `process_sessions` find them, so other notebooks open on the same database change nothing;
 - `disorder` moves rows so that their physical order differs from the order a check expects;
 - `best_time` / `slower_than` judge speed as the best of several runs against a reference
-  measured in the same check.
+  measured in the same check;
+- every public function of a check module is wrapped, when the module is imported, so that its
+  outcome (passed, failed with what was observed, not done, or the check's own error) is recorded
+  on the progress board (`pgcourse.board`), with the lesson and exercise whose cell calls it.
 
 `CONTRIBUTING.md` ("Writing a check") says how to use them, and how to write the wrong-answer tests.
 """
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -91,11 +95,13 @@ def database_url() -> str:
 
 
 def not_done(exercise: int) -> NotDone:
+    _outcome_seen["exercise"] = exercise
     return NotDone(f"Exercise {exercise} is not done yet: replace the `raise NotImplementedError` line"
                    " with your code, run that cell, then run this check again.")
 
 
 def passed(exercise: int, what: str) -> None:
+    _outcome_seen.update(exercise=exercise, passed=what)
     print(f"Exercise {exercise} passed: {what}")
 
 
@@ -482,6 +488,7 @@ def run(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT, allowed
     - NotImplementedError becomes NotDone; exceptions in `allowed` are raised to the caller as they
       are (the check judges them); anything else, SystemExit included, becomes CheckFailed.
     """
+    _outcome_seen["exercise"] = exercise
     secrets = list(secrets) if secrets is not None else secrets_in()
     call_text = mask(describe_call(fn, args, kwargs), secrets)
     box: dict[str, Any] = {}
@@ -540,6 +547,7 @@ async def arun(exercise: int, fn: Callable, *args, timeout: float = TIME_LIMIT,
 
     A coroutine that swallows the cancellation is left behind rather than waited for forever.
     """
+    _outcome_seen["exercise"] = exercise
     secrets = list(secrets) if secrets is not None else secrets_in()
     call_text = mask(describe_call(fn, args, kwargs), secrets)
     with captured() as cap:
@@ -680,3 +688,118 @@ def best_time(fn: Callable[[], Any], runs: int = 3) -> float:
 def slower_than(learner: float, reference: float, margin: float) -> bool:
     """True when the learner's best time is more than `margin` times the reference's best time."""
     return learner > reference * margin
+
+
+# --- the progress board: every check's outcome, recorded from one place ------------------------------
+
+_outcome_seen: dict[str, Any] = {}
+"""What the running check said about itself: the exercise number it named (run, passed, not_done) and its
+success line. A fallback: the exercise normally comes from the notebook whose check cell calls the check."""
+
+_depth = threading.local()
+
+
+def _outcome_of(error: BaseException | None) -> tuple[str, str]:
+    if error is None:
+        return "passed", str(_outcome_seen.get("passed", ""))
+    if isinstance(error, NotDone):
+        return "not done", ""
+    if isinstance(error, CheckFailed):
+        return "failed", error.observed
+    return "error", f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+def _record(module: str, name: str, url: str | None, error: BaseException | None, *, wait: bool = True):
+    """Record one outcome on the board (never raises); the recording thread when `wait` is false."""
+    try:
+        from .. import board
+
+        exercise = board.exercise_of(f"{module}.{name}")
+        lesson, number = (exercise.lesson, exercise.number) if exercise else (module, _outcome_seen.get("exercise"))
+        outcome, message = _outcome_of(error)
+        start = board.record if wait else board.start_recording
+        return start(lesson, number, outcome, message, check=f"{module}.{name}", database_url=url)
+    except Exception:  # noqa: BLE001 - recording never fails a check
+        return None
+
+
+def _recorded(fn: Callable, module: str) -> Callable:
+    """`fn` (a check) that records its outcome when it ends; a check called by another records nothing."""
+    import functools
+
+    def enter() -> tuple[bool, str | None]:
+        outer = getattr(_depth, "n", 0) == 0
+        _depth.n = getattr(_depth, "n", 0) + 1
+        if outer:
+            _outcome_seen.clear()
+        return outer, os.environ.get("DATABASE_URL")
+
+    def leave(outer: bool, url: str | None, error: BaseException | None, wait: bool = True):
+        _depth.n -= 1
+        return _record(module, fn.__name__, url, error, wait=wait) if outer else None
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def arecording(*args, **kwargs):
+            outer, url = enter()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                thread = leave(outer, url, exc, wait=False)
+                await _until_recorded(thread)
+                raise
+            except BaseException:  # an interrupt: no verdict to record
+                leave(False, url, None)
+                raise
+            await _until_recorded(leave(outer, url, None, wait=False))
+            return result
+        return arecording
+
+    @functools.wraps(fn)
+    def recording(*args, **kwargs):
+        outer, url = enter()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            leave(outer, url, exc)
+            raise
+        except BaseException:
+            leave(False, url, None)
+            raise
+        leave(outer, url, None)
+        return result
+    return recording
+
+
+async def _until_recorded(thread: threading.Thread | None, wait: float = 1.0) -> None:
+    """Wait (without holding the event loop) for a recording thread, at most `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _record_outcomes(module: types.ModuleType) -> None:
+    """Wrap the checks of a check module (its public functions) so that each records its outcome."""
+    short = module.__name__.rsplit(".", 1)[-1]
+    for name, obj in list(vars(module).items()):
+        if (inspect.isfunction(obj) and not name.startswith("_") and obj.__module__ == module.__name__
+                and not getattr(obj, "_records_outcome", False)):
+            wrapped = _recorded(obj, short)
+            wrapped._records_outcome = True
+            setattr(module, name, wrapped)
+
+
+class _ChecksPackage(types.ModuleType):
+    """This package: a check module is wrapped as the import system hands it over (it sets the submodule as an
+    attribute of its package), so no check module has to do anything to be recorded."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}":
+            try:
+                _record_outcomes(value)
+            except Exception:  # noqa: BLE001 - a module whose checks cannot be wrapped still works, unrecorded
+                pass
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ChecksPackage

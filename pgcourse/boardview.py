@@ -1,0 +1,153 @@
+"""The instructor's progress board: learners x exercises, who is stuck where and on which failure message.
+
+Read as the admin (a superuser: the table's policies do not apply to it), drawn as text about 100 columns
+wide, one row per learner, so that it reads on a projector at 1280x720 with a large font. `render` is a
+pure function of what was read: the `--once` rendering is what the tests compare.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import board
+
+ROOM_FILE = board.ROOT / ".room" / "room.json"
+SYMBOLS = {"passed": "✓", "failed": "✗", "error": "!", "not done": "?"}
+UNTRIED = "·"
+LEGEND = "✓ passed  ✗ failed  ? not written yet  · not tried"
+WIDTH = 100
+COLOURS = {"✓": "\x1b[32m", "✗": "\x1b[31m", "!": "\x1b[31m", "?": "\x1b[33m"}
+
+
+@dataclass
+class Seat:
+    """One learner on the board: the role that records and the database its checks ran against."""
+
+    name: str
+    role: str
+    database: str
+    last: dict[tuple[str, int], str] = field(default_factory=dict)  # (lesson, exercise) -> its latest outcome
+    passed: set[tuple[str, int]] = field(default_factory=set)
+    failures: Counter = field(default_factory=Counter)  # (lesson, exercise) -> failed or error runs
+    latest: tuple[tuple[str, int], str, str] | None = None  # the last outcome of all: exercise, outcome, message
+
+    def symbol(self, key: tuple[str, int]) -> str:
+        return "✓" if key in self.passed else SYMBOLS.get(self.last.get(key, ""), UNTRIED)
+
+    @property
+    def stuck(self) -> tuple[tuple[str, int], int, str] | None:
+        """The exercise this learner failed last and has not passed since: (exercise, failed runs, message)."""
+        if self.latest is None:
+            return None
+        key, outcome, message = self.latest
+        if outcome not in ("failed", "error") or key in self.passed:
+            return None
+        return key, self.failures[key], message
+
+
+def room_seats(path: Path = ROOM_FILE) -> list[Seat] | None:
+    """The room's learners from the room file (`room create` writes it), or None without a room."""
+    try:
+        learners = json.loads(path.read_text())["learners"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [Seat(name, entry["role"], entry["database"]) for name, entry in sorted(learners.items())]
+
+
+def read(admin, seats: list[Seat] | None = None) -> list[Seat]:
+    """Fill the seats from the table (every outcome, oldest first). Without seats: one per role and database
+    that recorded anything, the test harness's databases (`nb_...`) left out."""
+    with admin.connect(board.PROGRESS_DB) as conn:
+        rows = conn.execute("SELECT learner, database, lesson, exercise, outcome, message FROM progress.outcomes"
+                            " WHERE exercise IS NOT NULL AND database NOT LIKE 'nb\\_%' ORDER BY at, id").fetchall()
+    if seats is None:
+        pairs = sorted({(learner, database) for learner, database, *_ in rows})
+        seats = [Seat(learner if database == "course" else f"{learner}/{database}", learner, database)
+                 for learner, database in pairs]
+    by_key = {(s.role, s.database): s for s in seats}
+    for learner, database, lesson, exercise, outcome, message in rows:
+        seat = by_key.get((learner, database))
+        if seat is None:
+            continue
+        key = (lesson, exercise)
+        seat.last[key] = outcome
+        if outcome == "passed":
+            seat.passed.add(key)
+        elif outcome in ("failed", "error"):
+            seat.failures[key] += 1
+        seat.latest = (key, outcome, message)
+    return seats
+
+
+def _label(key: tuple[str, int]) -> str:
+    return f"{key[0]}.{key[1]}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def render(seats: list[Seat], exercises: tuple[board.Exercise, ...], width: int = WIDTH,
+           colour: bool = False) -> str:
+    """The board as text: a header, a row per learner (a character per exercise, grouped by lesson, exercises
+    passed of the total, the exercise it is stuck on with its failed runs and last message), a footer."""
+    lessons: dict[str, list[int]] = {}
+    for e in exercises:
+        lessons.setdefault(e.lesson, []).append(e.number)
+    titles = {(e.lesson, e.number): e.title for e in exercises}
+    name_w = max([7, *(len(s.name) for s in seats)])
+    name_w = min(name_w, 16)
+    columns = [(lesson, numbers, max(len(numbers), len(lesson))) for lesson, numbers in lessons.items()]
+    head = f"{'learner':<{name_w}}  " + " ".join(f"{lesson:<{w}}" for lesson, _, w in columns) + "   done  stuck on"
+    lines = [_cut(f"Progress board: {len(seats)} learner{'s' * (len(seats) != 1)}, {len(exercises)} exercises"
+                  f"   ({LEGEND})", width), head]
+    for seat in seats:
+        grid = " ".join(f"{''.join(seat.symbol((lesson, n)) for n in numbers):<{w}}" for lesson, numbers, w in columns)
+        done = sum(1 for e in exercises if (e.lesson, e.number) in seat.passed)
+        start = f"{_cut(seat.name, name_w):<{name_w}}  {grid}  {done:>2}/{len(exercises):<2} "
+        stuck = seat.stuck
+        tail = f" {_label(stuck[0])} ×{stuck[1]} {stuck[2]}" if stuck else ""
+        line = start + _cut(tail, max(0, width - len(start)))
+        if colour:
+            line = "".join(f"{COLOURS[c]}{c}\x1b[0m" if c in COLOURS and i < len(start) else c
+                           for i, c in enumerate(line))
+        lines.append(line)
+    stuck_on = Counter(s.stuck[0] for s in seats if s.stuck)
+    if stuck_on:
+        key, count = sorted(stuck_on.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        lines.append(_cut(f"Most stuck: {_label(key)} {titles.get(key, '')} ({count} learner{'s' * (count != 1)})",
+                          width))
+    else:
+        lines.append("Nobody is stuck.")
+    return "\n".join(lines)
+
+
+def snapshot(admin, seats: list[Seat] | None = None, width: int = WIDTH, colour: bool = False) -> str:
+    """Read and render once: the room's learners when there is a room file, else everyone who recorded."""
+    if seats is None:
+        seats = room_seats()
+    return render(read(admin, seats), board.exercises(), width, colour)
+
+
+def show(admin, once: bool = False, interval: float = 3.0) -> None:
+    """Print the board once, or redraw it in place every `interval` seconds until Ctrl-C."""
+    if once:
+        print(snapshot(admin))
+        return
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            width = max(80, shutil.get_terminal_size((WIDTH, 30)).columns)
+            text = snapshot(admin, width=width, colour=tty)
+            sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\nupdated {time.strftime('%H:%M:%S')},"
+                             f" every {interval:g} s; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print()
