@@ -1,0 +1,422 @@
+"""A room of N learners on one server, every learner's kernels running at once (make bench-room).
+
+The room is made with `pgcourse.room.create` (a role pair and a database per learner, each role at the
+room's CONNECTION LIMIT), then each learner runs the chosen lessons one after the other, each in a new
+kernel (nbclient), with the environment the room file hands out (DATABASE_URL, LIMITED_DATABASE_URL,
+COURSE_LEARNER, COURSE_CONNECTION_LIMIT; the bundled psql on PATH). One learner runs them alone first:
+the reference for per-notebook time and for telling a lesson that fails for a room learner anyway from a
+failure the room caused. Then N learners start at once (and, with --also, smaller rooms first, for a
+second point of the scaling). While they run, an admin session counts the client sessions in
+pg_stat_activity every 50 ms (the server's total, and each learner's two roles), and the PSS of every
+kernel and of the server is sampled every second; the CPU time of the kernels and of the server's
+processes is read from the kernel's accounting of reaped children.
+
+By default the room runs on a bundled server of its own (a new data directory in a temporary folder,
+a free port, dropped at the end), so the course server is neither restarted (a room of 30 needs more
+than its 100 connections) nor crowded; `--server course` uses the course's server (bundled or your
+own, as .env says) and the room file `room create` uses. The room is dropped at the end, also after a
+failure. Executed notebooks go to a temporary folder (printed), never over the lessons. The benchmark
+prints figures and asserts nothing about speed; it exits 1 when any learner's run failed.
+
+    .venv/bin/python benchmarks/room.py [--learners 30] [--also 10] [--notebooks 00_welcome,03a_connection_pooling]
+        [--connection-limit L] [--server own|course] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nbformat  # noqa: E402
+
+from pgcourse import footprint, roomenv, target  # noqa: E402
+from pgcourse import room as rooms  # noqa: E402
+from pgcourse.bench import duration, ratio  # noqa: E402
+from pgcourse.server import Cluster  # noqa: E402
+from pgcourse.webservice import free_port  # noqa: E402
+
+DEFAULT_NOTEBOOKS = "00_welcome,03a_connection_pooling,03b_connection_pooling,03c_connection_pooling"
+POLL = 0.05  # seconds between pg_stat_activity samples
+MEMORY_POLL = 1.0  # seconds between PSS samples
+# Errors that say the server itself was full: another learner took the slot (never the learner's own limit).
+SERVER_FULL = ("too many clients already", "remaining connection slots are reserved")
+
+
+def say(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# ---- the server and the room ---------------------------------------------------------------------------
+@dataclass
+class Place:
+    """Where the room runs: the admin, the learners' host and port, the room file, the bundled cluster."""
+
+    admin: object
+    host: str
+    port: int
+    kind: str
+    room_file: Path
+    cluster: Cluster | None
+    bindir: str | None
+    own_dir: Path | None = None
+
+
+@contextmanager
+def own_server():
+    """A bundled server of the benchmark's own (its template loaded as the course's), destroyed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="pgcourse-room-server-"))
+    folder.chmod(0o755)  # the service user (as root) keeps its data inside
+    saved = {k: os.environ.pop(k) for k in ("PGCOURSE_STATE", "PGCOURSE_ENV", "PGCOURSE_PORT") if k in os.environ}
+    cluster = Cluster(folder, env_path=folder / ".env", port=free_port(), say=lambda *_: None)
+    os.environ.update(saved)
+    try:
+        started = time.perf_counter()
+        say(f"Starting a bundled server of the benchmark's own (PostgreSQL {cluster.binaries.version}, port"
+            f" {cluster.port}) ...")
+        cluster.start()
+        say(f"  ready in {duration(time.perf_counter() - started)}")
+        yield Place(cluster.admin, "127.0.0.1", cluster.port, "bundled", folder / ".room" / "room.json", cluster,
+                    str(cluster.binaries.bindir), folder)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def course_server():
+    from urllib.parse import urlsplit
+
+    tgt = target.load(say=say)
+    parts = urlsplit(tgt.database_url)
+    bindir = str(tgt.cluster.binaries.bindir) if tgt.cluster else None
+    yield Place(tgt.admin, parts.hostname, parts.port or 5432, tgt.kind, rooms.room_file(), tgt.cluster, bindir)
+
+
+def learner_env(place: Place, learner: rooms.Learner) -> dict[str, str]:
+    """The kernel's environment: this process's, without any course variable, plus what the room hands out."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "LIMITED_DATABASE_URL", "COURSE_SOCKET_DIR", "PGCOURSE_ENV",
+                        "PGCOURSE_STATE", "PGCOURSE_PORT") and not k.startswith("COURSE_")}
+    env.update(learner.env)
+    if place.bindir:  # the bundled psql first on PATH, as `make lab` gives it (lesson 00 runs `!psql`)
+        env["PATH"] = f"{place.bindir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+# ---- what the server and the machine do meanwhile ------------------------------------------------------
+class ConnectionCounter:
+    """Counts client sessions every POLL seconds: the server's total, and each learner's (role + limited)."""
+
+    QUERY = ("SELECT coalesce(usename, ''), count(*) FROM pg_stat_activity"
+             " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1")
+
+    def __init__(self, admin, learners: dict[str, rooms.Learner]):
+        self.conn = admin.connect()
+        self.owner = {}
+        for name, learner in learners.items():
+            self.owner[learner.role] = (name, "role")
+            self.owner[learner.limited_role] = (name, "limited")
+        self.total = 0
+        self.per_learner: dict[str, dict[str, int]] = {name: {"both": 0, "role": 0, "limited": 0} for name in learners}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connection-counter", daemon=True)
+
+    def sample(self) -> None:
+        rows = self.conn.execute(self.QUERY).fetchall()
+        self.total = max(self.total, sum(n for _, n in rows))
+        now: dict[str, dict[str, int]] = {}
+        for user, n in rows:
+            if user in self.owner:
+                name, kind = self.owner[user]
+                now.setdefault(name, {"role": 0, "limited": 0})[kind] += n
+        for name, counts in now.items():
+            peak = self.per_learner[name]
+            peak["role"], peak["limited"] = max(peak["role"], counts["role"]), max(peak["limited"], counts["limited"])
+            peak["both"] = max(peak["both"], counts["role"] + counts["limited"])
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL):
+            self.sample()
+
+    def __enter__(self) -> ConnectionCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.conn.close()
+
+
+def postmaster_pid(admin) -> int | None:
+    with admin.connect() as conn:
+        return footprint.parent_of(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """A process's CPU time with that of its reaped children (utime, stime, cutime, cstime), 0 if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class MemorySampler:
+    """Peak PSS (summed at one instant) of this process's kernels, and of the server's processes."""
+
+    def __init__(self, postmaster: int | None):
+        self.postmaster = postmaster
+        self.kernels = self.server = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def sample(self) -> None:
+        server = ({self.postmaster} | footprint.descendants(self.postmaster)) if self.postmaster else set()
+        kernels = footprint.descendants(os.getpid()) - server
+        self.kernels = max(self.kernels, sum(footprint.pss_bytes(pid) for pid in kernels))
+        self.server = max(self.server, sum(footprint.pss_bytes(pid) for pid in server))
+
+    def _run(self) -> None:
+        while not self._stop.wait(MEMORY_POLL):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---- running the notebooks -----------------------------------------------------------------------------
+@dataclass
+class NotebookRun:
+    learner: str
+    notebook: str
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class Phase:
+    """One run of n learners at once."""
+
+    n: int
+    runs: list[NotebookRun] = field(default_factory=list)
+    wall: float = 0.0
+    peak_total: int = 0
+    peak_learner: dict[str, dict[str, int]] = field(default_factory=dict)
+    kernels_pss: int = 0
+    server_pss: int = 0
+    kernels_cpu: float = 0.0
+    server_cpu: float = 0.0
+
+
+def first_error(nb) -> str:
+    """Where the run stopped: the cell (its number among the code cells) and the error's last line."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for number, cell in enumerate(code, 1):
+        if "raises-exception" in cell.metadata.get("tags", []):
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"code cell {number}: {output.get('ename')}: {last_line(output.get('evalue', ''))}"
+    return ""
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "").strip()[:300]
+
+
+def notebook_text(source: Path, revision: str | None) -> str:
+    """The notebook as in the checkout, or as committed at `revision` (lessons being edited stay out)."""
+    if revision is None:
+        return source.read_text()
+    return subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{source.relative_to(ROOT)}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+async def run_notebook(source: Path, text: str, name: str, env: dict, out: Path, timeout: float) -> NotebookRun:
+    from nbclient import NotebookClient
+
+    nb = nbformat.reads(text, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=timeout, record_timing=False,
+                            store_widget_state=False, resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    error = ""
+    with open(out / f"{source.stem}.kernel.log", "w") as log:
+        try:
+            await asyncio.wait_for(client.async_execute(env=env, stderr=log), timeout * 2)
+        except Exception as exc:  # a cell's error, a timeout, a kernel that died
+            error = first_error(nb) or f"{type(exc).__name__}: {last_line(exc) or 'no message'}"
+    seconds = time.perf_counter() - started
+    nbformat.write(nb, out / source.name)
+    return NotebookRun(name, source.stem, seconds, not error, error)
+
+
+async def run_learner(name: str, sources: dict[Path, str], env: dict, out: Path, timeout: float, done: list,
+                      total: int) -> list[NotebookRun]:
+    runs = []
+    for source, text in sources.items():
+        run = await run_notebook(source, text, name, env, out / name, timeout)
+        runs.append(run)
+        done.append(run)
+        verdict = "ok" if run.ok else f"FAILED ({run.error})"
+        say(f"  [{len(done):>3}/{total}] {name} {run.notebook}: {verdict} in {duration(run.seconds)}")
+    return runs
+
+
+def run_phase(place: Place, room: rooms.Room, names: list[str], sources: dict[Path, str], out: Path,
+              timeout: float) -> Phase:
+    """Reset the learners' databases, then run every learner's notebooks at once; measure meanwhile."""
+    for name in names:
+        rooms.reset(place.admin, room, name)
+    phase = Phase(len(names))
+    postmaster = postmaster_pid(place.admin)
+    say(f"{len(names)} learner(s) at once: {len(names) * len(sources)} notebook runs ...")
+    done: list[NotebookRun] = []
+    cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(postmaster))
+    with ConnectionCounter(place.admin, {n: room.learners[n] for n in names}) as counter, \
+            MemorySampler(postmaster) as memory:
+        started = time.perf_counter()
+
+        async def everyone():
+            return await asyncio.gather(*(
+                run_learner(n, sources, learner_env(place, room.learners[n]), out, timeout, done,
+                            len(names) * len(sources)) for n in names))
+
+        results = asyncio.run(everyone())
+        phase.wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    phase.kernels_cpu = (after.ru_utime + after.ru_stime) - (cpu_before[0].ru_utime + cpu_before[0].ru_stime)
+    phase.server_cpu = cpu_seconds(postmaster) - cpu_before[1] if postmaster else 0.0
+    phase.runs = [run for runs in results for run in runs]
+    phase.peak_total, phase.peak_learner = counter.total, counter.per_learner
+    phase.kernels_pss, phase.server_pss = memory.kernels, memory.server
+    return phase
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+def mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def report(alone: Phase, phases: list[Phase], notebooks: list[str], room: rooms.Room, server: str) -> list[str]:
+    """The figures as Markdown lines (also what is printed)."""
+    failed_alone = {r.notebook for r in alone.runs if not r.ok}
+    lines = [f"Server: {server}; the room needs {room.max_connections}: CONNECTION LIMIT {room.connection_limit}"
+             f" per learner role, {roomenv.LIMITED_PER_LEARNER} per limited role. Machine: {os.cpu_count()} CPU(s).",
+             f"Each learner ran, one after the other, each in a new kernel: {', '.join(notebooks)}.", ""]
+    lines += ["| learners | wall time | failed runs | peak sessions (server) | peak per learner (max / median)"
+              " | kernels' CPU | server's CPU | CPU per learner | peak PSS kernels | peak PSS server |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in [alone, *phases]:
+        both = [v["both"] for v in p.peak_learner.values()] or [0]
+        failed = sum(not r.ok for r in p.runs)
+        lines.append(f"| {p.n}{' (alone)' if p is alone else ''} | {duration(p.wall)} | {failed} of {len(p.runs)}"
+                     f" | {p.peak_total} | {max(both)} / {statistics.median(both):g} | {duration(p.kernels_cpu)}"
+                     f" | {duration(p.server_cpu)} | {duration((p.kernels_cpu + p.server_cpu) / p.n)}"
+                     f" | {mb(p.kernels_pss)} | {mb(p.server_pss)} |")
+    lines += ["", "Per notebook: time alone, and in each room (median and slowest learner; slowdown of the median):",
+              "", "| notebook | alone | " + " | ".join(f"{p.n} learners" for p in phases) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in phases) + " |"]
+    for notebook in notebooks:
+        base = next(r.seconds for r in alone.runs if r.notebook == notebook)
+        cells = []
+        for p in phases:
+            times = sorted(r.seconds for r in p.runs if r.notebook == notebook)
+            median = statistics.median(times)
+            cells.append(f"{duration(median)} / {duration(times[-1])} ({ratio(median / base)})")
+        lines.append(f"| {notebook} | {duration(base)} | " + " | ".join(cells) + " |")
+    failures = [(p, r) for p in [alone, *phases] for r in p.runs if not r.ok]
+    lines += ["", "Failures:" if failures else "Failures: none (every learner's every notebook ran to the end)."]
+    for p, r in failures:
+        if p is alone:
+            cause = "fails alone too: the lesson, not the room"
+        elif any(text in r.error for text in SERVER_FULL):
+            cause = "CAUSED BY OTHER LEARNERS: the server was full"
+        elif r.notebook in failed_alone:
+            cause = "also failed alone"
+        else:
+            cause = "ONLY IN THE ROOM: caused by the other learners' load"
+        lines.append(f"- {p.n} learner(s), {r.learner}, {r.notebook}: {r.error} ({cause})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--learners", type=int, default=30, help="the room's size (default 30)")
+    parser.add_argument("--also", default="", help="smaller rooms to run first, e.g. 10 (comma-separated)")
+    parser.add_argument("--notebooks", default=DEFAULT_NOTEBOOKS,
+                        help=f"the lessons each learner runs, in order (default {DEFAULT_NOTEBOOKS})")
+    parser.add_argument("--connection-limit", type=int, help="each learner role's CONNECTION LIMIT"
+                        f" (default roomenv.PER_LEARNER, {roomenv.PER_LEARNER})")
+    parser.add_argument("--server", choices=["own", "course"], default="own",
+                        help="own: a bundled server of the benchmark's own (default); course: the course's server")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds a cell (and a kernel's start) may take")
+    parser.add_argument("--revision", help="run the lessons as committed at this revision (e.g. HEAD), not the checkout's")
+    parser.add_argument("--out", type=Path, help="where the executed notebooks go (default: a new temporary folder)")
+    parser.add_argument("--markdown", type=Path, help="also write the figures to this Markdown file")
+    args = parser.parse_args(argv)
+    notebooks = [n.strip().removesuffix(".ipynb") for n in args.notebooks.split(",") if n.strip()]
+    paths = [ROOT / "notebooks" / f"{n}.ipynb" for n in notebooks]
+    missing = [str(s) for s in paths if not s.exists()]
+    sizes = sorted({int(n) for n in args.also.split(",") if n.strip()} | {args.learners})
+    if missing or sizes[0] < 1:
+        parser.error(f"no such notebook: {', '.join(missing)}" if missing else "a room has at least 1 learner")
+    sources = {path: notebook_text(path, args.revision) for path in paths}
+    out = args.out or Path(tempfile.mkdtemp(prefix="pgcourse-room-"))
+    say(f"Executed notebooks go to {out}")
+    names = [f"bench{i:02d}" for i in range(1, sizes[-1] + 1)]
+
+    with (own_server() if args.server == "own" else course_server()) as place:
+        started = time.perf_counter()
+        room = rooms.create(place.admin, names, host=place.host, port=place.port, kind=place.kind,
+                            connection_limit=args.connection_limit, say=say, path=place.room_file,
+                            cluster=place.cluster)
+        say(f"  room of {len(names)} made in {duration(time.perf_counter() - started)}")
+        try:
+            with place.admin.connect() as conn:
+                version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+                allowed = int(conn.execute("SELECT current_setting('max_connections')").fetchone()[0])
+            server = (f"{'a bundled server of its own' if args.server == 'own' else place.kind + ' course server'},"
+                      f" PostgreSQL {version} (allows {allowed} connections)")
+            alone = run_phase(place, room, names[:1], sources, out / "alone", args.timeout)
+            phases = [run_phase(place, room, names[:n], sources, out / f"room{n}", args.timeout) for n in sizes]
+        finally:  # also after a failure: every learner of the benchmark, and nobody else in that room file
+            if place.room_file.exists():
+                left = rooms.Room.load(place.room_file)
+                rooms.drop(place.admin, left, [n for n in names if n in left.learners], path=place.room_file, say=say)
+    lines = report(alone, phases, notebooks, room, server)
+    print("\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+    say(f"Executed notebooks are in {out}")
+    return 1 if any(not r.ok for p in [alone, *phases] for r in p.runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
