@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -144,6 +145,9 @@ def progress_url(database_url: str | None = None) -> str | None:
     url = database_url if database_url is not None else os.environ.get("DATABASE_URL")
     if not url:
         return None
+    if "://" in url:  # keep a URL a URL (every driver reads it), its parameters as they were
+        parts = urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit(parts._replace(path="/" + PROGRESS_DB))
     return psycopg.conninfo.make_conninfo(url, dbname=PROGRESS_DB)
 
 

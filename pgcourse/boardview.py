@@ -51,10 +51,10 @@ class Seat:
         return key, self.failures[key], message
 
 
-def room_seats(path: Path = ROOM_FILE) -> list[Seat] | None:
+def room_seats(path: Path | None = None) -> list[Seat] | None:
     """The room's learners from the room file (`room create` writes it), or None without a room."""
     try:
-        learners = json.loads(path.read_text())["learners"]
+        learners = json.loads((path or ROOM_FILE).read_text())["learners"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return [Seat(name, entry["role"], entry["database"]) for name, entry in sorted(learners.items())]
@@ -104,16 +104,18 @@ def render(seats: list[Seat], exercises: tuple[board.Exercise, ...], width: int 
     name_w = max([7, *(len(s.name) for s in seats)])
     name_w = min(name_w, 16)
     columns = [(lesson, numbers, max(len(numbers), len(lesson))) for lesson, numbers in lessons.items()]
-    head = f"{'learner':<{name_w}}  " + " ".join(f"{lesson:<{w}}" for lesson, _, w in columns) + "   done  stuck on"
+    done_w = len(f"{len(exercises)}/{len(exercises)}")
+    head = (f"{'learner':<{name_w}}  " + " ".join(f"{lesson:<{w}}" for lesson, _, w in columns)
+            + f"  {'done':>{done_w}}  stuck on")
     lines = [_cut(f"Progress board: {len(seats)} learner{'s' * (len(seats) != 1)}, {len(exercises)} exercises"
                   f"   ({LEGEND})", width), head]
     for seat in seats:
         grid = " ".join(f"{''.join(seat.symbol((lesson, n)) for n in numbers):<{w}}" for lesson, numbers, w in columns)
-        done = sum(1 for e in exercises if (e.lesson, e.number) in seat.passed)
-        start = f"{_cut(seat.name, name_w):<{name_w}}  {grid}  {done:>2}/{len(exercises):<2} "
+        done = f"{sum(1 for e in exercises if (e.lesson, e.number) in seat.passed)}/{len(exercises)}"
+        start = f"{_cut(seat.name, name_w):<{name_w}}  {grid}  {done:>{done_w}}  "
         stuck = seat.stuck
-        tail = f" {_label(stuck[0])} ×{stuck[1]} {stuck[2]}" if stuck else ""
-        line = start + _cut(tail, max(0, width - len(start)))
+        tail = f"{_label(stuck[0])} ×{stuck[1]} {stuck[2]}" if stuck else ""
+        line = (start + _cut(tail, max(0, width - len(start)))).rstrip()
         if colour:
             line = "".join(f"{COLOURS[c]}{c}\x1b[0m" if c in COLOURS and i < len(start) else c
                            for i, c in enumerate(line))
