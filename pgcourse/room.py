@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def bundled_max_connections(room_file: Path) -> int | None:
 
 
 # ---- roles and databases ------------------------------------------------------------------------------
+def _retried(action, attempts: int = 8):
+    """Run `action`, again when PostgreSQL reports "tuple concurrently updated": GRANT and REVOKE on one
+    shared object (the board's database) from two sessions at once, e.g. two learners enrolled at once."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except psycopg.errors.InternalError_ as exc:
+            if "concurrently updated" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _password() -> str:
     return secrets.token_urlsafe(18)
 
@@ -260,7 +273,7 @@ def create(admin: provision.Admin, names: list[str], *, host: str, port: int, ki
             if not exists:
                 _clone(admin, learner)
                 added.append(name)
-            board.enroll(admin, learner.role)
+            _retried(lambda role=learner.role: board.enroll(admin, role))
     say(f"The room has {len(room.learners)} learner(s)" + (f"; added {len(added)}: {', '.join(added)}." if added
                                                            else "; nothing new to add.")
         + f" Each role may open {limit} connections (its limited role {roomenv.LIMITED_PER_LEARNER}).")
@@ -337,8 +350,8 @@ def _drop_role(admin: provision.Admin, conn: psycopg.Connection, role: str) -> N
         databases = ["postgres"]
     for dbname in databases:
         with admin.connect(dbname) as inside:
-            inside.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            _retried(lambda: inside.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role))))
+    _retried(lambda: conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role))))
 
 
 def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, path: Path = ROOM_FILE,
@@ -348,7 +361,10 @@ def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, 
     The room file loses them (and is deleted with the last one). The bundled server keeps its
     max_connections until its next start, which takes the smaller room's (or PostgreSQL's default).
     """
+    from . import board  # imported here: the board's module may import this one
+
     chosen = sorted(room.learners) if names is None else [_member(room, n).name for n in names]
+    unenroll = getattr(board, "unenroll", None)
     with admin.connect() as conn:
         for name in chosen:
             learner = room.learners[name]
@@ -359,6 +375,8 @@ def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, 
                 if exists and role in (learner.role, learner.limited_role) and comment != MARKER:
                     say(f"Left the role {role}: it was not made by a room.")
                     continue
+                if exists and role == learner.role and unenroll is not None:  # its rows on the board go too
+                    _retried(lambda role=role: unenroll(admin, role, forget=True))
                 _drop_role(admin, conn, role)
             del room.learners[name]
             if room.learners:

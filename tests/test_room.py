@@ -1,0 +1,411 @@
+"""A room on the course server: create, list, reset and drop with real roles, and room learners kept apart.
+
+A room of three learners with names unique to this run (parallel runs and leftovers do not collide),
+its room file in a temporary folder (never the checkout's .room/room.json), dropped at the end even
+on failure. Each cross-learner attempt must fail the way PostgreSQL refuses it (SQLSTATE 42501, or
+`<insufficient privilege>` in a statistics view). The sizing of the bundled server is shown on a
+scratch server of its own (the course server is never restarted here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgcourse import provision, room, roomenv, target
+from pgcourse.errors import ServerError
+from pgcourse.server import ROOT, Cluster
+
+DENIED = "42501"  # insufficient_privilege
+HIDDEN = "<insufficient privilege>"
+
+
+def quiet(*_):
+    pass
+
+
+def leftovers(admin: provision.Admin, prefix: str) -> list[str]:
+    """Roles and databases of this run's learners still on the server (demo roles included)."""
+    like = f"%{prefix}%"
+    with admin.connect() as conn:
+        roles = [r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s ORDER BY 1", (like,))]
+        dbs = [d for (d,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", (like,))]
+    return roles + dbs
+
+
+def sweep(admin: provision.Admin, prefix: str) -> None:
+    """Drop whatever this run left (a failed test must not leave roles on the shared server)."""
+    with admin.connect() as conn:
+        for (dbname,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"%{prefix}%",)).fetchall():
+            provision.drop(admin, dbname)
+        roles = [r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s"
+                                            " ORDER BY rolname LIKE 'room%%', 1", (f"%{prefix}%",))]
+        for role in roles:
+            room._drop_role(admin, conn, role)
+
+
+@pytest.fixture(scope="module")
+def course():
+    return target.load(say=quiet)
+
+
+@pytest.fixture(scope="module")
+def setup(course, tmp_path_factory):
+    """(room, path, prefix): three learners <prefix>a, <prefix>b, <prefix>c."""
+    prefix = "t" + secrets.token_hex(4)
+    path = tmp_path_factory.mktemp("room") / ".room" / "room.json"
+    port = psycopg.conninfo.conninfo_to_dict(course.database_url)["port"]
+    try:
+        made = room.create(course.admin, [prefix + s for s in "abc"], host="127.0.0.1", port=int(port),
+                           kind=course.kind, path=path, say=quiet)
+        yield made, path, prefix
+    finally:
+        if path.exists():
+            room.drop(course.admin, room.Room.load(path), path=path, say=quiet)
+        sweep(course.admin, prefix)
+
+
+def connect(url: str, dbname: str | None = None, **kwargs) -> psycopg.Connection:
+    if dbname:
+        url = provision.with_dbname(url, dbname)
+    return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+
+
+def connect_sqlstate(url: str) -> str | None:
+    """The SQLSTATE a refused connection carries (asyncpg reports it; libpq only its message); None if it connects."""
+    async def attempt():
+        try:
+            conn = await asyncpg.connect(url, timeout=10)
+        except asyncpg.PostgresError as exc:
+            return exc.sqlstate
+        await conn.close()
+        return None
+
+    return asyncio.run(attempt())
+
+
+def error_of(conn: psycopg.Connection, statement, params=None) -> psycopg.Error | None:
+    try:
+        conn.execute(statement, params)
+    except psycopg.Error as exc:
+        return exc
+    return None
+
+
+# ---- create, the room file, list -----------------------------------------------------------------
+def test_the_room_file_holds_working_urls(setup):
+    made, path, prefix = setup
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["server"]["kind"] in ("bundled", "external")
+    assert sorted(data["learners"]) == [prefix + s for s in "abc"]
+    assert data["connection_limit"] == roomenv.PER_LEARNER
+    for name, entry in data["learners"].items():
+        assert entry["role"] == f"room_{name}" and entry["limited_role"] == f"room_{name}_limited"
+        assert entry["database"] == f"room_{name}"
+        env = entry["env"]
+        assert env["COURSE_LEARNER"] == name and env["COURSE_CONNECTION_LIMIT"] == str(roomenv.PER_LEARNER)
+        with connect(env["DATABASE_URL"]) as conn:
+            assert conn.execute("SELECT current_user, current_database()").fetchone() == (entry["role"], entry["database"])
+            assert conn.execute("SELECT count(*) > 0 FROM customers").fetchone()[0], "its own copy of the dataset"
+        with connect(env["LIMITED_DATABASE_URL"]) as conn:
+            assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+                entry["limited_role"], entry["database"])
+
+
+def test_create_again_keeps_passwords_and_adds_learners(course, setup):
+    made, path, prefix = setup
+    before = json.loads(path.read_text())["learners"]
+    again = room.create(course.admin, [prefix + "a", prefix + "d"], host=made.server["host"],
+                        port=made.server["port"], kind=made.server["kind"], path=path, say=quiet)
+    try:
+        after = json.loads(path.read_text())["learners"]
+        assert sorted(after) == [prefix + s for s in "abcd"]
+        for name in before:
+            assert after[name] == before[name], f"{name} kept its passwords"
+        with connect(again.learners[prefix + "d"].env["DATABASE_URL"]) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == f"room_{prefix}d"
+    finally:
+        assert room.drop(course.admin, again, [prefix + "d"], path=path, say=quiet) == [prefix + "d"]
+    assert sorted(room.Room.load(path).learners) == [prefix + s for s in "abc"]
+    assert leftovers(course.admin, prefix + "d") == []
+
+
+def test_listing_says_who_exists_and_is_connected(course, setup):
+    made, path, prefix = setup
+    with connect(made.learners[prefix + "b"].env["DATABASE_URL"]), connect(made.learners[prefix + "b"].env["DATABASE_URL"]):
+        rows = room.listing(course.admin, room.Room.load(path))
+    assert [(r["name"], r["role"], r["database"], r["exists"], r["limit"]) for r in rows] == [
+        (prefix + s, f"room_{prefix}{s}", f"room_{prefix}{s}", True, roomenv.PER_LEARNER) for s in "abc"]
+    assert {r["name"]: r["sessions"] for r in rows}[prefix + "b"] == 2
+
+
+def test_bad_names_and_impossible_servers_are_refused(course, setup, tmp_path):
+    made, _, _ = setup
+    for bad in ("Alice", "1abc", "a" * 17, "a-b", "a b", "a'b", "", "room_x"):
+        assert not room.valid_name(bad)
+        with pytest.raises(ServerError, match="not a learner name"):
+            room.create(course.admin, [bad], host="127.0.0.1", port=made.server["port"], kind="bundled",
+                        path=tmp_path / "bad.json", say=quiet)
+    assert room.valid_name("learner01") and room.valid_name("a") and room.valid_name("abcdefghijklmnop")
+    with pytest.raises(ServerError, match="needs") as refused:  # as on an external server with too few connections
+        room.create(course.admin, ["x", "y", "z"], host="127.0.0.1", port=made.server["port"], kind="external",
+                    connection_limit=1000, path=tmp_path / "big.json", say=quiet)
+    assert "ALTER SYSTEM SET max_connections = 3" in refused.value.fix and "restart" in refused.value.fix
+    assert not (tmp_path / "big.json").exists()
+
+
+# ---- the room learner's rights --------------------------------------------------------------------
+def test_a_room_learner_holds_exactly_its_rights(setup):
+    made, _, prefix = setup
+    a = made.learners[prefix + "a"]
+    with connect(a.env["DATABASE_URL"]) as conn:
+        major = conn.info.server_version // 10000
+        assert conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolconnlimit"
+                            " FROM pg_roles WHERE rolname = current_user").fetchone() == (
+            False, False, False, False, False, roomenv.PER_LEARNER)
+        member_of = {r for (r,) in conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)")}
+        assert member_of == {a.limited_role}, "its own limited role, and no predefined role"
+        assert not any(r.name.startswith("pg_") for r in provision.rights_for(major, whole_server=False))
+        for function in provision.TOOL_FUNCTIONS:
+            assert conn.execute("SELECT has_function_privilege(%s, 'EXECUTE')", (f"pgcourse.{function}",)).fetchone()[0]
+            for other in (a.limited_role, provision.LEARNER, "public"):
+                assert not conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')",
+                                        (other, f"pgcourse.{function}")).fetchone()[0], (other, function)
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'pg_stat_statements_reset'"
+                            " AND has_function_privilege(oid, 'EXECUTE')").fetchone()[0] == 0
+        owners = conn.execute("SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+                              " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S')").fetchall()
+        assert owners == [(a.role,)], "the dataset's tables belong to the room learner"
+        if major >= 15:
+            assert error_of(conn, "SET log_min_duration_statement = 0").sqlstate == DENIED
+        assert error_of(conn, "SELECT pg_stat_statements_reset()").sqlstate == DENIED
+    with connect(a.env["DATABASE_URL"]) as conn:  # the database's CONNECT: its owner, its limited role only
+        assert conn.execute("SELECT has_database_privilege(%s, current_database(), 'CONNECT'),"
+                            " has_database_privilege('public', current_database(), 'CONNECT')",
+                            (provision.LEARNER,)).fetchone() == (False, False)
+
+
+def test_the_course_learner_cannot_reach_a_room_database(course, setup):
+    made, _, prefix = setup
+    assert connect_sqlstate(provision.with_dbname(course.database_url, made.learners[prefix + "a"].database)) == DENIED
+
+
+def test_a_room_learner_sees_its_own_limited_sessions_queries(setup):
+    made, _, prefix = setup
+    a = made.learners[prefix + "a"]
+    with connect(a.env["DATABASE_URL"]) as conn, connect(a.env["LIMITED_DATABASE_URL"]) as limited:
+        limited.execute("SELECT 'limited own query'")
+        query = conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (limited.info.backend_pid,)).fetchone()
+        assert query == ("SELECT 'limited own query'",)
+
+
+# ---- learners kept apart --------------------------------------------------------------------------
+def test_a_learner_cannot_connect_to_another_learners_database(course, setup):
+    made, _, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    for url in (a.env["DATABASE_URL"], a.env["LIMITED_DATABASE_URL"]):
+        for dbname in (b.database, provision.COURSE_DB, "postgres", "template1"):
+            assert connect_sqlstate(provision.with_dbname(url, dbname)) == DENIED, (url.split("@")[0][:30], dbname)
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                connect(url, dbname).close()
+        with pytest.raises(psycopg.OperationalError):  # the template takes no connections at all
+            connect(url, provision.TEMPLATE_DB).close()
+
+
+def test_a_learner_cannot_read_another_learners_queries(setup):
+    made, _, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    secret = f"SELECT 'secret of {prefix}b'"
+    with connect(a.env["DATABASE_URL"]) as spy, connect(b.env["DATABASE_URL"]) as victim, \
+            connect(b.env["LIMITED_DATABASE_URL"]) as victim_limited:
+        victim.execute(secret)
+        victim_limited.execute(secret)
+        seen = spy.execute("SELECT usename, query, state FROM pg_stat_activity WHERE pid IN (%s, %s) ORDER BY usename",
+                           (victim.info.backend_pid, victim_limited.info.backend_pid)).fetchall()
+        assert [(user, query) for user, query, _ in seen] == [(b.role, HIDDEN), (b.limited_role, HIDDEN)]
+        assert all(state is None for _, _, state in seen)
+        rows = spy.execute("SELECT DISTINCT query FROM pg_stat_statements"
+                           " WHERE userid IN (to_regrole(%s), to_regrole(%s))", (b.role, b.limited_role)).fetchall()
+        assert rows == [(HIDDEN,)], "another learner's statements: counted, their text and queryid hidden"
+        assert spy.execute("SELECT count(*) FROM pg_stat_statements WHERE query LIKE %s",
+                           (f"%secret of {prefix}b%",)).fetchone()[0] == 0
+        assert spy.execute("SELECT count(*) FROM pg_stat_statements WHERE userid IN (to_regrole(%s), to_regrole(%s))"
+                           " AND queryid IS NOT NULL", (b.role, b.limited_role)).fetchone()[0] == 0
+
+
+def test_a_learner_cannot_cancel_or_end_another_learners_backend(setup):
+    made, _, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    with connect(a.env["DATABASE_URL"]) as spy, connect(b.env["DATABASE_URL"]) as victim, \
+            connect(b.env["LIMITED_DATABASE_URL"]) as victim_limited:
+        for pid in (victim.info.backend_pid, victim_limited.info.backend_pid):
+            for function in ("pg_cancel_backend", "pg_terminate_backend"):
+                error = error_of(spy, sql.SQL("SELECT {}(%s)").format(sql.Identifier(function)), (pid,))
+                assert error is not None and error.sqlstate == DENIED, (function, error)
+        assert victim.execute("SELECT 1").fetchone() == (1,) and victim_limited.execute("SELECT 1").fetchone() == (1,)
+        # its own limited session it may end (it is a member of its own limited role)
+        with connect(a.env["LIMITED_DATABASE_URL"]) as own:
+            assert spy.execute("SELECT pg_cancel_backend(%s)", (own.info.backend_pid,)).fetchone() == (True,)
+
+
+def test_a_learner_cannot_touch_another_learners_roles(setup):
+    made, _, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    demo = f"lesson02_demo_{prefix}a"
+    with connect(a.env["DATABASE_URL"]) as owner:
+        assert owner.execute("SELECT pgcourse.create_demo_role(%s)", (demo,)).fetchone() == ("created",)
+    with connect(b.env["DATABASE_URL"]) as other:
+        d, r, rl = sql.Identifier(demo), sql.Identifier(a.role), sql.Identifier(a.limited_role)
+        statements = [sql.SQL(s).format(d) for s in (
+            "DROP ROLE {}", "ALTER ROLE {} PASSWORD 'taken'", "ALTER ROLE {} CONNECTION LIMIT 10", "ALTER ROLE {} RENAME TO x",
+            "ALTER ROLE {} NOLOGIN", "COMMENT ON ROLE {} IS 'x'", "SET ROLE {}", "GRANT {} TO CURRENT_USER")]
+        statements += [sql.SQL("SELECT pgcourse.drop_demo_role({})").format(sql.Literal(demo)),
+                       sql.SQL("SELECT pgcourse.create_demo_role({})").format(sql.Literal(demo))]
+        statements += [sql.SQL(s).format(x) for x in (r, rl) for s in (
+            "ALTER ROLE {} PASSWORD 'taken'", "ALTER ROLE {} CONNECTION LIMIT -1", "DROP ROLE {}", "SET ROLE {}",
+            "GRANT {} TO CURRENT_USER", "ALTER ROLE {} SET work_mem = '1GB'")]
+        statements += [sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(a.database)),
+                       sql.SQL("DROP DATABASE {}").format(sql.Identifier(a.database)),
+                       sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(r),
+                       sql.SQL("GRANT {} TO {}").format(sql.Identifier(b.limited_role), r)]
+        for statement in statements:
+            error = error_of(other, statement)
+            assert error is not None and error.sqlstate == DENIED, f"{statement.as_string(other)}: {error}"
+    with connect(a.env["DATABASE_URL"]) as owner:
+        assert owner.execute("SELECT pgcourse.drop_demo_role(%s)", (demo,)).fetchone() == (True,)
+
+
+# ---- reset and drop ---------------------------------------------------------------------------------
+def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(course, setup):
+    made, path, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    with connect(a.env["DATABASE_URL"]) as conn:
+        conn.execute("CREATE TABLE scratch (id int)")
+    bystander, other = connect(b.env["DATABASE_URL"]), connect(b.env["LIMITED_DATABASE_URL"])
+    victim, victim_limited = connect(a.env["DATABASE_URL"]), connect(a.env["LIMITED_DATABASE_URL"])
+    try:
+        ended = room.reset(course.admin, room.Room.load(path), prefix + "a")
+        assert sorted(s.pid for s in ended) == sorted([victim.info.backend_pid, victim_limited.info.backend_pid])
+        assert {s.user for s in ended} == {a.role, a.limited_role}
+        for conn in (victim, victim_limited):
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+        assert bystander.execute("SELECT 1").fetchone() == (1,) and other.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for conn in (bystander, other, victim, victim_limited):
+            conn.close()
+    with connect(a.env["DATABASE_URL"]) as conn:  # same URL, a fresh database with the learner's rights
+        assert conn.execute("SELECT to_regclass('scratch')").fetchone() == (None,)
+        assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'customers'").fetchone() == (
+            a.role,)
+        assert conn.execute("SELECT pgcourse.create_demo_role(%s)", (f"lesson02_reset_{prefix}",)).fetchone() == ("created",)
+        conn.execute("SELECT pgcourse.drop_demo_role(%s)", (f"lesson02_reset_{prefix}",))
+    with pytest.raises(ServerError, match="not a learner of this room"):
+        room.reset(course.admin, room.Room.load(path), prefix + "z")
+
+
+def test_the_cli_lists_and_refuses_to_drop_without_asking(setup):
+    made, path, prefix = setup
+    env = {**os.environ, "PGCOURSE_ROOM_FILE": str(path)}
+    listed = subprocess.run([sys.executable, "-m", "pgcourse", "room", "list"], capture_output=True, text=True,
+                            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split() for line in listed.stdout.splitlines() if line.strip().startswith(prefix)]
+    assert [line[:3] for line in lines] == [[prefix + s, f"room_{prefix}{s}", "yes"] for s in "abc"]
+    dropped = subprocess.run([sys.executable, "-m", "pgcourse", "room", "drop"], capture_output=True, text=True,
+                             env=env, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=120)
+    assert dropped.returncode == 1 and "YES=1" in dropped.stderr, dropped.stderr
+    assert sorted(room.Room.load(path).learners) == [prefix + s for s in "abc"]
+
+
+def test_drop_leaves_no_role_or_database_behind(course, tmp_path):
+    prefix = "t" + secrets.token_hex(4)
+    path = tmp_path / ".room" / "room.json"
+    port = int(psycopg.conninfo.conninfo_to_dict(course.database_url)["port"])
+    try:
+        made = room.create(course.admin, [prefix + "x", prefix + "y"], host="127.0.0.1", port=port, kind=course.kind,
+                           path=path, say=quiet)
+        x = made.learners[prefix + "x"]
+        with connect(x.env["DATABASE_URL"]) as conn:  # what drop must clear: demo roles with grants, and a session
+            for demo in (f"lesson01_{prefix}", f"exercise02_{prefix}"):
+                conn.execute("SELECT pgcourse.create_demo_role(%s)", (demo,))
+                conn.execute(sql.SQL("GRANT SELECT ON customers TO {}").format(sql.Identifier(demo)))
+            assert len(leftovers(course.admin, prefix)) == 8
+            said: list[str] = []
+            assert room.drop(course.admin, room.Room.load(path), path=path, say=said.append) == [prefix + "x", prefix + "y"]
+        assert leftovers(course.admin, prefix) == []
+        assert not path.exists(), "the last learner dropped takes the room file with it"
+        assert any("Dropped 2 learner(s)" in line for line in said)
+    finally:
+        sweep(course.admin, prefix)
+
+
+# ---- sizing the bundled server -----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_bundled_server_grows_max_connections_only_when_it_must():
+    """A scratch bundled server: a room that fits leaves it running; one that needs more restarts it with
+    the room's max_connections, which it keeps at every start while the room exists."""
+    base = Path(tempfile.mkdtemp(prefix="pgcourse-room-"))
+    base.chmod(0o755)  # the server's user (as root: pgcourse) must reach it
+    cluster = Cluster(base, env_path=base / ".env", port=free_port(), scale=0.001, say=quiet)
+    path = base / ".room" / "room.json"
+    try:
+        cluster.start()
+        show = lambda: int(psycopg.connect(cluster.admin.conninfo, autocommit=True).execute(  # noqa: E731
+            "SHOW max_connections").fetchone()[0])
+        assert show() == room.DEFAULT_MAX_CONNECTIONS
+        said: list[str] = []
+        room.create(cluster.admin, ["s1"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                    say=said.append, cluster=cluster)
+        pid = cluster.status().pid
+        assert not any("restarting" in line for line in said) and show() == room.DEFAULT_MAX_CONNECTIONS
+        said.clear()
+        grown = room.create(cluster.admin, ["s2"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                            connection_limit=60, say=said.append, cluster=cluster)
+        assert grown.max_connections == room.needed_connections(2, 60) > room.DEFAULT_MAX_CONNECTIONS
+        assert any("restarting" in line for line in said) and cluster.status().pid != pid
+        assert show() == grown.max_connections
+        for learner in grown.learners.values():
+            with connect(learner.env["DATABASE_URL"]) as conn:
+                assert conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user").fetchone() == (60,)
+        cluster.stop()
+        cluster.start()
+        assert show() == grown.max_connections, "the room's value survives a restart"
+        room.drop(cluster.admin, room.Room.load(path), path=path, say=quiet)
+        cluster.stop()
+        cluster.start()
+        assert show() == room.DEFAULT_MAX_CONNECTIONS, "without a room, the next start goes back to the default"
+        # a server without the template (never provisioned) is refused, and nothing made
+        with cluster.admin.connect() as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(provision.TEMPLATE_DB)))
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(provision.TEMPLATE_DB)))
+        with pytest.raises(ServerError, match="no 'course_template' database") as refused:
+            room.create(cluster.admin, ["s3"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                        say=quiet, cluster=cluster)
+        assert "make db-start" in refused.value.fix and not path.exists()
+        with cluster.admin.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'room_s3%'").fetchone()[0] == 0
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
