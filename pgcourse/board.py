@@ -75,9 +75,13 @@ def ensure_board(admin) -> None:
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (PROGRESS_DB,)).fetchone()
         if row is None:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(db))
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(db))
+            except psycopg.errors.DuplicateDatabase:  # another process made it a moment ago
+                pass
         fresh = row is None or row[0] != STAMP
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        if fresh:  # only then: a GRANT or REVOKE on a database at every start would collide with another's
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
     with admin.connect(PROGRESS_DB) as conn:
         if fresh:
             with conn.transaction():
@@ -102,11 +106,18 @@ def enroll(admin, role: str) -> None:
             " AND has_column_privilege(%(r)s, 'progress.outcomes', 'message', 'INSERT')", {"r": role}).fetchone()[0]
         if may:
             return
-        with conn.transaction():
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(PROGRESS_DB), who))
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA progress TO {}").format(who))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT ({}) ON progress.outcomes TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, INSERTABLE)), who))
+        for attempt in range(8):  # a GRANT on the database from two sessions at once: "tuple concurrently updated"
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(PROGRESS_DB), who))
+                    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA progress TO {}").format(who))
+                    conn.execute(sql.SQL("GRANT SELECT, INSERT ({}) ON progress.outcomes TO {}").format(
+                        sql.SQL(", ").join(map(sql.Identifier, INSERTABLE)), who))
+                return
+            except psycopg.errors.InternalError_ as exc:
+                if "concurrently updated" not in str(exc) or attempt == 7:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
 
 def unenroll(admin, role: str, *, forget: bool = False) -> None:

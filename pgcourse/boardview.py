@@ -8,6 +8,7 @@ pure function of what was read: the `--once` rendering is what the tests compare
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -53,8 +54,9 @@ class Seat:
 
 def room_seats(path: Path | None = None) -> list[Seat] | None:
     """The room's learners from the room file (`room create` writes it), or None without a room."""
+    path = path or Path(os.environ.get("PGCOURSE_ROOM_FILE") or ROOM_FILE)
     try:
-        learners = json.loads((path or ROOM_FILE).read_text())["learners"]
+        learners = json.loads(path.read_text())["learners"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return [Seat(name, entry["role"], entry["database"]) for name, entry in sorted(learners.items())]

@@ -231,6 +231,7 @@ def test_the_board_once_shows_both_learners_and_who_is_stuck(tgt, learners, monk
     assert lines[-1] == "Most stuck: 10.1 " + board.exercise_of("production.masked_url").title + " (1 learner)"
     assert all(len(line) <= boardview.WIDTH for line in lines)
     monkeypatch.setattr(boardview, "ROOM_FILE", tgt_path := boardview.ROOM_FILE.with_name("no-such-room.json"))
+    monkeypatch.delenv("PGCOURSE_ROOM_FILE", raising=False)
     assert not tgt_path.exists()  # no room: the board shows everyone who recorded
     board.main(types.SimpleNamespace(once=True, interval=3.0), admin=tgt.admin)  # what `room board --once` prints
     printed = capsys.readouterr().out
