@@ -38,6 +38,7 @@ EXERCISE = re.compile(r"^## Exercise (\d+)\b[:\s]*(.*)$", re.M)
 SERVICE_FILE = re.compile(r"""\(\s*["'](\d\d_\w+\.py)["']""")
 LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 WORD = re.compile(r"[\w'’.-]*\w")
+STATED = re.compile(r"\*\*Time\*\*: about (\d+) minutes")  # the lesson's own estimate, in its first cells
 
 
 def cell_times(logs: list[Path]) -> dict[str, dict[int, float]]:
@@ -178,8 +179,10 @@ def measure(logs: list[Path], floor: float, warn) -> tuple[dict[str, Lesson], li
         lesson.words += n_words
         lesson.cells += n_cells
         lesson.run_s += seconds
+        stated = next((m[1] for cell in nb.cells[:3] if cell.cell_type == "markdown"
+                       for m in [STATED.search(cell.source)] if m), "")
         rows.append((path.stem, n_words, n_cells, listed, seconds,
-                     n_words / EXPLAIN_WPM + n_cells * MINUTES_PER_CELL + seconds / 60))
+                     n_words / EXPLAIN_WPM + n_cells * MINUTES_PER_CELL + seconds / 60, stated))
     for path in sorted((ROOT / "solutions").glob("[0-9][0-9]_*_exercises.ipynb")):
         lessons.setdefault(path.name[:2], Lesson(path.name[:2])).exercises = exercises_of(path, times, floor)
     return lessons, rows
@@ -187,7 +190,7 @@ def measure(logs: list[Path], floor: float, warn) -> tuple[dict[str, Lesson], li
 
 def tables(lessons: dict[str, Lesson], rows: list[tuple]) -> str:
     out = ["| lesson | notebooks | prose words | code cells | run time (s) | teaching min "
-           "| exercises | lines written | check runs (s) | exercise min |",
+           "| exercises | lines written | checks, one run each (s) | exercise min |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for lesson in lessons.values():
         parts = ", ".join(name.split("_")[0] for name in lesson.notebooks)
@@ -198,9 +201,10 @@ def tables(lessons: dict[str, Lesson], rows: list[tuple]) -> str:
     teach = sum(lesson.teaching() for lesson in lessons.values())
     practise = sum(lesson.exercise_minutes() for lesson in lessons.values())
     out.append(f"| all | | | | | {teach:.0f} | | | | {practise:.0f} |")
-    out += ["", "| notebook | prose words | code cells | cells of 1 s or more | run time (s) | teaching min |",
-            "|---|--:|--:|--:|--:|--:|"]
-    out += [f"| {name} | {w:,} | {c} | {listed} | {s:.0f} | {m:.0f} |" for name, w, c, listed, s, m in rows]
+    out += ["", "| notebook | prose words | code cells | cells of 1 s or more | run time (s) | teaching min "
+            "| the lesson says (min) |", "|---|--:|--:|--:|--:|--:|--:|"]
+    out += [f"| {name} | {w:,} | {c} | {listed} | {s:.0f} | {m:.0f} | {stated} |"
+            for name, w, c, listed, s, m, stated in rows]
     out += ["", "| exercise | task words | lines written | check run (s) | minutes |", "|---|--:|--:|--:|--:|"]
     for lesson in lessons.values():
         for e in lesson.exercises:
