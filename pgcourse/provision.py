@@ -304,9 +304,10 @@ def harden_server(conn: psycopg.Connection, whole_server: bool) -> None:
                 conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
-def install_tools(conn: psycopg.Connection, whole_server: bool) -> bool:
+def install_tools(conn: psycopg.Connection, whole_server: bool, role: str = LEARNER) -> bool:
     """Install (or bring up to date) the pgcourse schema in the connected database, and grant the learner
-    what LEARNER_RIGHTS says; False if the database holds a pgcourse schema that is not the admin's."""
+    (or a room learner, `role`) what LEARNER_RIGHTS says; False if the database holds a pgcourse schema
+    that is not the admin's."""
     stamp = tools_stamp(whole_server)
     row = conn.execute("SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),"
                        " obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
@@ -319,7 +320,7 @@ def install_tools(conn: psycopg.Connection, whole_server: bool) -> bool:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(TOOLS)))
             conn.execute(tools_sql())
             conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(TOOLS), sql.Literal(stamp)))
-    grant_tools(conn, LEARNER, whole_server)
+    grant_tools(conn, role, whole_server)
     return True
 
 
@@ -480,15 +481,17 @@ def _database_rights(conn: psycopg.Connection, name: str, limited: str = LIMITED
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(limited)))
 
 
-def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE_DB, say=print) -> None:
-    """Install the tools into an existing course database that lacks them (or has older ones)."""
+def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE_DB, say=print, *,
+                            role: str = LEARNER, limited: str = LIMITED) -> None:
+    """Install the tools into an existing course database that lacks them (or has older ones); `role` and
+    `limited` are its learner's (a room learner's database: room_<name> and room_<name>_limited)."""
     with admin.connect() as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return
-        _database_rights(conn, name)
+        _database_rights(conn, name, limited)
     try:
         with admin.connect(name) as conn:
-            installed = install_tools(conn, whole_server)
+            installed = install_tools(conn, whole_server, role)
     except psycopg.Error as exc:  # the learner owns the database, and its settings may get in the way
         installed = False
         say(f"Could not install the course's tools into {name!r}: {str(exc).strip().splitlines()[0]}")

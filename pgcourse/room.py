@@ -255,8 +255,10 @@ def create(admin: provision.Admin, names: list[str], *, host: str, port: int, ki
             password = _ensure_role(conn, learner.role, limit, _url_password(known))
             limited_password = _ensure_role(conn, learner.limited_role, roomenv.LIMITED_PER_LEARNER,
                                             _url_password(learner.env.get("LIMITED_DATABASE_URL")))
-            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(learner.limited_role),
-                                                          sql.Identifier(learner.role)))
+            # A member of its own limited role: it sees its limited sessions' queries (lesson 03). From 16 on,
+            # without the SET option: it may not become that role.
+            membership = "GRANT {} TO {} WITH INHERIT TRUE, SET FALSE" if major >= 16 else "GRANT {} TO {}"
+            conn.execute(sql.SQL(membership).format(sql.Identifier(learner.limited_role), sql.Identifier(learner.role)))
             _check_memberships(conn, learner)
             password = password or _url_password(known)
             limited_password = limited_password or _url_password(learner.env.get("LIMITED_DATABASE_URL"))
