@@ -239,12 +239,13 @@ def room_of_three(tmp_path):
     tag = secrets.token_hex(3)
     names = [f"hub{tag}{i}" for i in range(1, LEARNERS + 1)]
     path = tmp_path / "room" / "room.json"
-    made = room.create(tgt.admin, names, host=where.hostname, port=where.port, kind=tgt.kind,
-                       connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path, cluster=tgt.cluster)
     try:
+        made = room.create(tgt.admin, names, host=where.hostname, port=where.port, kind=tgt.kind,
+                           connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path, cluster=tgt.cluster)
         yield made, path, f"hub{tag}x"
-    finally:
-        room.drop(tgt.admin, room.Room.load(path), say=lambda *_: None, path=path) if path.exists() else None
+    finally:  # also after a create that failed half-way: the room file lists whom it made
+        if path.exists():
+            room.drop(tgt.admin, room.Room.load(path), say=lambda *_: None, path=path)
 
 
 def test_hub_gives_each_learner_their_database(tmp_path, room_of_three):
