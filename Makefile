@@ -7,7 +7,6 @@ NB     ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
 PG15   ?= /usr/lib/postgresql/15/bin
 
 .DEFAULT_GOAL := help
-.PHONY: room-create room-reset room-drop room-list room-board
 .PHONY: help venv lab run test test-pythons test-pg15 binder-link execute exercises nav lint lock db-start db-stop db-status db-reset db-url db-psql db-provision db-destroy docker-up docker-down clean
 
 # A target's comment says who it is for: `## ` the learner's commands, `#: ` the authors', `#room: ` an
@@ -111,6 +110,7 @@ db-provision: $(STAMP) ## set the course up on your own server: make db-provisio
 db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-destroy YES=1
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
 
+.PHONY: room-create room-reset room-drop room-list room-board
 room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=12] [ADMIN_URL=postgresql://...]
 	@test -n "$(N)$(NAMES)" || { echo "Say who: make room-create N=30, or NAMES=alice,bob (the hub's user names)"; exit 1; }
 	@$(PY) -m pgcourse room create $(if $(NAMES),--names "$(NAMES)",--learners "$(N)") $(if $(LIMIT),--connection-limit "$(LIMIT)") $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
