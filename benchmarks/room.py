@@ -132,7 +132,7 @@ class ConnectionCounter:
         for name, learner in learners.items():
             self.owner[learner.role] = (name, "role")
             self.owner[learner.limited_role] = (name, "limited")
-        self.total = 0
+        self.total = self.unknown = 0  # unknown: sessions with no role yet (authenticating) or no longer
         self.per_learner: dict[str, dict[str, int]] = {name: {"both": 0, "role": 0, "limited": 0} for name in learners}
         self.samples = 0
         self._stop = threading.Event()
@@ -141,6 +141,7 @@ class ConnectionCounter:
     def sample(self) -> None:
         rows = self.conn.execute(self.QUERY).fetchall()
         self.total = max(self.total, sum(n for _, n in rows))
+        self.unknown = max(self.unknown, sum(n for user, n in rows if not user))
         now: dict[str, dict[str, int]] = {}
         for user, n in rows:
             if user in self.owner:
@@ -214,8 +215,15 @@ class NotebookRun:
     learner: str
     notebook: str
     seconds: float
-    ok: bool
-    error: str = ""
+    errors: list[str] = field(default_factory=list)  # "code cell N: Name: message", or how the run broke off
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.errors)
 
 
 @dataclass
@@ -226,23 +234,24 @@ class Phase:
     runs: list[NotebookRun] = field(default_factory=list)
     wall: float = 0.0
     peak_total: int = 0
+    peak_unknown: int = 0
     peak_learner: dict[str, dict[str, int]] = field(default_factory=dict)
     kernels_pss: int = 0
     server_pss: int = 0
     kernels_cpu: float = 0.0
+    harness_cpu: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load average at the start and at the end
     server_cpu: float = 0.0
 
 
-def first_error(nb) -> str:
-    """Where the run stopped: the cell (its number among the code cells) and the error's last line."""
+def cell_errors(nb) -> list[str]:
+    """Every cell that raised and was not meant to (no raises-exception tag): its number among the code
+    cells and the error's last line. Every cell runs (allow_errors), so a room's failures are compared
+    cell by cell with the same learner's alone."""
     code = [c for c in nb.cells if c.cell_type == "code"]
-    for number, cell in enumerate(code, 1):
-        if "raises-exception" in cell.metadata.get("tags", []):
-            continue
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                return f"code cell {number}: {output.get('ename')}: {last_line(output.get('evalue', ''))}"
-    return ""
+    return [f"code cell {number}: {output.get('ename')}: {last_line(output.get('evalue', ''))}"
+            for number, cell in enumerate(code, 1) if "raises-exception" not in cell.metadata.get("tags", [])
+            for output in cell.get("outputs", []) if output.get("output_type") == "error"]
 
 
 def last_line(text: str) -> str:
@@ -262,19 +271,19 @@ async def run_notebook(source: Path, text: str, name: str, env: dict, out: Path,
     from nbclient import NotebookClient
 
     nb = nbformat.reads(text, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, startup_timeout=timeout, record_timing=False,
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=timeout, record_timing=False, allow_errors=True,
                             store_widget_state=False, resources={"metadata": {"path": str(ROOT / "notebooks")}})
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    error = ""
+    broke_off = []
     with open(out / f"{source.stem}.kernel.log", "w") as log:
         try:
             await asyncio.wait_for(client.async_execute(env=env, stderr=log), timeout * 2)
-        except Exception as exc:  # a cell's error, a timeout, a kernel that died
-            error = first_error(nb) or f"{type(exc).__name__}: {last_line(exc) or 'no message'}"
+        except Exception as exc:  # a timeout, a kernel that died
+            broke_off = [f"run broke off: {type(exc).__name__}: {last_line(exc) or 'no message'}"]
     seconds = time.perf_counter() - started
     nbformat.write(nb, out / source.name)
-    return NotebookRun(name, source.stem, seconds, not error, error)
+    return NotebookRun(name, source.stem, seconds, cell_errors(nb) + broke_off)
 
 
 async def run_learner(name: str, sources: dict[Path, str], env: dict, out: Path, timeout: float, done: list,
@@ -298,10 +307,11 @@ def run_phase(place: Place, room: rooms.Room, names: list[str], sources: dict[Pa
     postmaster = postmaster_pid(place.admin)
     say(f"{len(names)} learner(s) at once: {len(names) * len(sources)} notebook runs ...")
     done: list[NotebookRun] = []
-    cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(postmaster))
+    cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(postmaster),
+                  resource.getrusage(resource.RUSAGE_SELF))
     with ConnectionCounter(place.admin, {n: room.learners[n] for n in names}) as counter, \
             MemorySampler(postmaster) as memory:
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), os.getloadavg()[0]
 
         async def everyone():
             return await asyncio.gather(*(
@@ -309,12 +319,14 @@ def run_phase(place: Place, room: rooms.Room, names: list[str], sources: dict[Pa
                             len(names) * len(sources)) for n in names))
 
         results = asyncio.run(everyone())
-        phase.wall = time.perf_counter() - started
+        phase.wall, phase.load = time.perf_counter() - started, (load_before, os.getloadavg()[0])
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     phase.kernels_cpu = (after.ru_utime + after.ru_stime) - (cpu_before[0].ru_utime + cpu_before[0].ru_stime)
     phase.server_cpu = cpu_seconds(postmaster) - cpu_before[1] if postmaster else 0.0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    phase.harness_cpu = (me.ru_utime + me.ru_stime) - (cpu_before[2].ru_utime + cpu_before[2].ru_stime)
     phase.runs = [run for runs in results for run in runs]
-    phase.peak_total, phase.peak_learner = counter.total, counter.per_learner
+    phase.peak_total, phase.peak_unknown, phase.peak_learner = counter.total, counter.unknown, counter.per_learner
     phase.kernels_pss, phase.server_pss = memory.kernels, memory.server
     return phase
 
@@ -326,20 +338,29 @@ def mb(n: int) -> str:
 
 def report(alone: Phase, phases: list[Phase], notebooks: list[str], room: rooms.Room, server: str) -> list[str]:
     """The figures as Markdown lines (also what is printed)."""
-    failed_alone = {r.notebook for r in alone.runs if not r.ok}
     lines = [f"Server: {server}; the room needs {room.max_connections}: CONNECTION LIMIT {room.connection_limit}"
              f" per learner role, {roomenv.LIMITED_PER_LEARNER} per limited role. Machine: {os.cpu_count()} CPU(s).",
              f"Each learner ran, one after the other, each in a new kernel: {', '.join(notebooks)}.", ""]
-    lines += ["| learners | wall time | failed runs | peak sessions (server) | peak per learner (max / median)"
-              " | kernels' CPU | server's CPU | CPU per learner | peak PSS kernels | peak PSS server |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| learners | wall time | runs with a failed cell | peak sessions on the server (no role yet)"
+              " | peak sessions per learner, max / median | CPU: kernels, server, harness | CPU per learner"
+              " | peak PSS: kernels, server | load average, start / end |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in [alone, *phases]:
         both = [v["both"] for v in p.peak_learner.values()] or [0]
         failed = sum(not r.ok for r in p.runs)
         lines.append(f"| {p.n}{' (alone)' if p is alone else ''} | {duration(p.wall)} | {failed} of {len(p.runs)}"
-                     f" | {p.peak_total} | {max(both)} / {statistics.median(both):g} | {duration(p.kernels_cpu)}"
-                     f" | {duration(p.server_cpu)} | {duration((p.kernels_cpu + p.server_cpu) / p.n)}"
-                     f" | {mb(p.kernels_pss)} | {mb(p.server_pss)} |")
+                     f" | {p.peak_total} ({p.peak_unknown}) | {max(both)} / {statistics.median(both):g}"
+                     f" | {duration(p.kernels_cpu)}, {duration(p.server_cpu)}, {duration(p.harness_cpu)}"
+                     f" | {duration((p.kernels_cpu + p.server_cpu) / p.n)} | {mb(p.kernels_pss)}, {mb(p.server_pss)}"
+                     f" | {p.load[0]:.1f} / {p.load[1]:.1f} |")
+    cores = os.cpu_count() or 1
+    lines += ["", "How it scales: the room's CPU (kernels and server) spread over every core is the least wall time"
+              " a room can take; the rest is waiting (sleeps, round trips, the machine's other load)."]
+    for p in phases:
+        floor = (p.kernels_cpu + p.server_cpu) / cores
+        lines.append(f"- {p.n} learners: wall {duration(p.wall)}, {ratio(p.wall / alone.wall)} the alone run's"
+                     f" {duration(alone.wall)}; their CPU over {cores} core(s) needs at least {duration(floor)}"
+                     f" ({p.n} x {duration((p.kernels_cpu + p.server_cpu) / p.n)} / {cores}).")
     lines += ["", "Per notebook: time alone, and in each room (median and slowest learner; slowdown of the median):",
               "", "| notebook | alone | " + " | ".join(f"{p.n} learners" for p in phases) + " |",
               "| --- | ---: | " + " | ".join("---:" for _ in phases) + " |"]
@@ -351,19 +372,38 @@ def report(alone: Phase, phases: list[Phase], notebooks: list[str], room: rooms.
             median = statistics.median(times)
             cells.append(f"{duration(median)} / {duration(times[-1])} ({ratio(median / base)})")
         lines.append(f"| {notebook} | {duration(base)} | " + " | ".join(cells) + " |")
-    failures = [(p, r) for p in [alone, *phases] for r in p.runs if not r.ok]
-    lines += ["", "Failures:" if failures else "Failures: none (every learner's every notebook ran to the end)."]
-    for p, r in failures:
-        if p is alone:
-            cause = "fails alone too: the lesson, not the room"
-        elif any(text in r.error for text in SERVER_FULL):
-            cause = "CAUSED BY OTHER LEARNERS: the server was full"
-        elif r.notebook in failed_alone:
-            cause = "also failed alone"
-        else:
-            cause = "ONLY IN THE ROOM: caused by the other learners' load"
-        lines.append(f"- {p.n} learner(s), {r.learner}, {r.notebook}: {r.error} ({cause})")
-    return lines
+    failures = failure_lines(alone, phases)
+    return [failures[0], "", *lines, "", *failures[1:]]
+
+
+def failure_lines(alone: Phase, phases: list[Phase]) -> list[str]:
+    """Failed cells: the ones the learner alone also failed (the lesson's, not the room's), then the ones
+    only a room failed (caused by the others: a full server, or their load), per phase and notebook."""
+    same_alone = {(r.notebook, e.split(":")[0] + ":" + e.split(":")[1]) for r in alone.runs for e in r.errors}
+    lines = []
+    for r in alone.runs:
+        lines += [f"- alone, {r.notebook}, {e} (the lesson fails for a room learner: not caused by others)"
+                  for e in r.errors]
+    caused = 0
+    for p in phases:
+        seen: dict[tuple[str, str], list[str]] = {}
+        for r in p.runs:
+            for e in r.errors:
+                seen.setdefault((r.notebook, e), []).append(r.learner)
+        for (notebook, e), learners in sorted(seen.items()):
+            key = (notebook, e.split(":")[0] + ":" + e.split(":")[1])
+            if any(text in e for text in SERVER_FULL):
+                cause, caused = "CAUSED BY OTHER LEARNERS: the server was full", caused + 1
+            elif key in same_alone:
+                cause = "fails alone too"
+            else:
+                cause, caused = "ONLY IN THE ROOM: the learner alone passed it", caused + 1
+            lines.append(f"- {p.n} learners, {notebook}, {e}: {len(learners)} of {p.n} learners"
+                         f" ({', '.join(learners[:5])}{', ...' if len(learners) > 5 else ''}) ({cause})")
+    head = (f"Failures caused by other learners (a full server, or a cell the learner alone passed): {caused}"
+            " kind(s) of failed cell, listed below." if caused else
+            "Failures caused by other learners: none (no full server; no cell failed that passed alone).")
+    return [head, *(["Failed cells:", *lines] if lines else ["No cell failed."])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = report(alone, phases, notebooks, room, server)
     print("\n".join(lines))
     if args.markdown:
-        args.markdown.write_text("\n".join(lines) + "\n")
+        ran = " ".join(["benchmarks/room.py", *(argv if argv is not None else sys.argv[1:])])
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        args.markdown.write_text("\n".join([f"`{ran}`, finished {when}", "", *lines]) + "\n")
     say(f"Executed notebooks are in {out}")
     return 1 if any(not r.ok for p in [alone, *phases] for r in p.runs) else 0
 
