@@ -20,9 +20,9 @@ c = get_config()  # noqa: F821 (JupyterHub's config loader provides it)
 
 # Where the room file is: $PGCOURSE_ROOM_FILE, else .room/room.json in the course folder this file
 # sits in (docs/..). A copy of this file elsewhere (e.g. /opt/tljh/config/jupyterhub_config.d/) needs
-# the variable, or this line edited to the course folder's absolute path.
+# the variable, or this line edited to the course folder's absolute path; a symbolic link to this file
+# finds it as this file does.
 ROOM_FILE = Path(os.environ.get("PGCOURSE_ROOM_FILE") or Path(__file__).resolve().parent.parent / ".room" / "room.json")
-ROOM_VARIABLES = ("DATABASE_URL", "LIMITED_DATABASE_URL", "COURSE_LEARNER", "COURSE_CONNECTION_LIMIT")
 
 
 def room_environment(name: str, room_file: Path = ROOM_FILE) -> dict[str, str]:
@@ -35,8 +35,7 @@ def room_environment(name: str, room_file: Path = ROOM_FILE) -> dict[str, str]:
     if name not in learners:
         raise web.HTTPError(403, f"{name!r} is not a learner of this room, so no database is waiting for them: "
                                  f"the instructor adds them with `python -m pgcourse room create --names {name}`.")
-    env = learners[name]["env"]
-    return {key: str(env[key]) for key in ROOM_VARIABLES if key in env}
+    return {key: str(value) for key, value in learners[name]["env"].items()}
 
 
 def give_learner_environment(spawner) -> None:
