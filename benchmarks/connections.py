@@ -12,7 +12,7 @@ notebooks running on the same server, in their own databases, are not counted.
 One row per notebook; the table also goes to docs/connections.json (the instructor's guide and
 `pgcourse.roomenv.PER_LEARNER` read it). At most two notebooks run at once (--jobs).
 
-    .venv/bin/python benchmarks/connections.py [--jobs 2] [--json docs/connections.json] [notebooks/03a_connection_pooling.ipynb ...]
+    .venv/bin/python benchmarks/connections.py [--jobs 2] [--json docs/connections.json] [--update] [notebooks/03a_connection_pooling.ipynb ...]
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "connections.json",
                         help="where to write the table (default docs/connections.json; '-' for none)")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these notebooks' rows in the JSON table, keeping the others")
     parser.add_argument("--run", nargs=2, metavar=("NOTEBOOK", "DBNAME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -171,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         for peaks in pool.map(lambda p: measure(p, tgt, args.timeout), notebooks):
             print(row(peaks), flush=True)
             results.append(peaks)
+    rows = [{k: v for k, v in asdict(p).items() if k not in ("polls",)} for p in results]
+    if args.update and args.json.exists():  # replace these notebooks' rows in the table, keep the others
+        fresh = {row["notebook"]: row for row in rows}
+        kept = json.loads(args.json.read_text())["notebooks"]
+        rows = [fresh.pop(row["notebook"], row) for row in kept] + list(fresh.values())
     if str(args.json) != "-":
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                      " learner and limited = that role's sessions in any database; others = other roles'"
                      " sessions in the notebook's database; total = all of them; seconds = the run's wall time.",
             "interval_ms": round(INTERVAL * 1000),
-            "notebooks": [{k: v for k, v in asdict(p).items() if k not in ("polls",)} for p in results],
+            "notebooks": rows,
         }, indent=1) + "\n")
     failed = [p.notebook for p in results if not p.ok]
     print(f"\nThe largest peak as the learner: {max(p.learner for p in results)} "
