@@ -115,12 +115,13 @@ def needed_connections(learners: int, connection_limit: int, reserved: int = 3) 
     return learners * (connection_limit + roomenv.LIMITED_PER_LEARNER) + roomenv.ADMIN_RESERVE + reserved
 
 
-def bundled_max_connections(room_file: Path) -> int | None:
-    """What the bundled server's course.conf takes from the room file (None without a room, or below the
-    default): read at every start by pgcourse.server."""
+def bundled_max_connections(room_file: Path, port: int) -> int | None:
+    """What the bundled server on `port` takes from the room file into its course.conf at every start (None
+    without a room on that server, or when the default suffices)."""
     try:
         data = json.loads(Path(room_file).read_text())
-        if data.get("server", {}).get("kind") != "bundled" or not data.get("learners"):
+        server = data.get("server", {})
+        if server.get("kind") != "bundled" or int(server.get("port")) != int(port) or not data.get("learners"):
             return None
         value = int(data["max_connections"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -248,6 +249,7 @@ def create(admin: provision.Admin, names: list[str], *, host: str, port: int, ki
     room = room or Room(server, limit, needed, {})
     room.connection_limit, room.max_connections = limit, needed
     added = []
+    _retried(lambda: board.ensure_board(admin))  # the server may predate the board (an external one)
     with admin.connect() as conn:
         for name in everyone:
             learner = room.learners.get(name) or Learner.named(name)

@@ -143,9 +143,10 @@ class Cluster:
             "password_encryption": "'scram-sha-256'",
             "log_line_prefix": "'%m [%p] %q%u@%d/%a '",  # %a: the application_name (lesson 10)
         }
-        from .room import bundled_max_connections  # the room file, while a room exists (`room create`)
+        from .room import bundled_max_connections, room_file  # while a room exists on it (`room create`)
 
-        room_connections = bundled_max_connections(self.base / ".room" / "room.json")
+        room_connections = bundled_max_connections(room_file() if self.base == ROOT else self.base / ".room" / "room.json",
+                                                   port)
         if room_connections:
             settings["max_connections"] = str(room_connections)
         text = "# Written by pgcourse.server: the course's settings.\n"

@@ -411,3 +411,21 @@ def test_the_bundled_server_grows_max_connections_only_when_it_must():
     finally:
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_only_the_rooms_own_bundled_server_takes_its_max_connections(tmp_path):
+    path = tmp_path / "room.json"
+    assert room.bundled_max_connections(path, 5432) is None, "no room"
+    made = room.Room({"host": "127.0.0.1", "port": 5432, "kind": "bundled"}, 12, 523,
+                     {"a": room.Learner.named("a")})
+    made.save(path)
+    assert room.bundled_max_connections(path, 5432) == 523
+    assert room.bundled_max_connections(path, 5433) is None, "another bundled server of the checkout (e.g. test-pg15)"
+    made.max_connections = 64
+    made.save(path)
+    assert room.bundled_max_connections(path, 5432) is None, "PostgreSQL's default suffices"
+    made.server["kind"], made.max_connections = "external", 523
+    made.save(path)
+    assert room.bundled_max_connections(path, 5432) is None
+    path.write_text("{not json")
+    assert room.bundled_max_connections(path, 5432) is None, "a broken room file never stops the server"
