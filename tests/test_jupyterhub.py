@@ -37,11 +37,12 @@ PROXY_SCRIPT = ROOT / "tools" / "hub-proxy.sh"
 BIN = Path(sys.executable).parent  # the course's venv: jupyterhub, jupyterhub-singleuser
 LEARNERS = 3
 CONNECTION_LIMIT = 5  # 3 x (5 + limited 5) + reserve: far below max_connections, so no restart of the server
-# Seconds from starting the hub to the last kernel's answer: about 30 on a quiet 2-core machine, three
-# times that while other suites run beside it (the hub, 3 servers and 3 kernels each start a Python).
-DEADLINE = 180
+# Seconds from starting the hub to the last kernel's answer. The run costs about 40 s of CPU (the hub,
+# 3 servers and 3 kernels each start a Python); it took 57 s beside other suites at a load of 10 on 2
+# cores, 141 s at a load of 17. The bound fails a hang, not a busy machine.
+DEADLINE = 240
 
-pytestmark = pytest.mark.timeout(360)
+pytestmark = pytest.mark.timeout(420)
 
 
 def free_port() -> int:
@@ -294,10 +295,11 @@ def test_hub_gives_each_learner_their_database(tmp_path, room_of_three):
         assert seen == {n: [learner[n].role, learner[n].database, n, str(CONNECTION_LIMIT)] for n in names}, seen
         assert len({(role, db) for role, db, *_ in seen.values()}) == LEARNERS
         checked = ran[names[0]][0][0].splitlines()
-        assert checked[0] == "Exception reporting mode: Minimal", checked
-        assert checked[1].startswith("Connected to PostgreSQL ") and checked[1].endswith(f" as {learner[names[0]].role}."), checked
+        assert "Exception reporting mode: Minimal" in checked, checked
+        connected = [line for line in checked if line.startswith("Connected to PostgreSQL ")]
+        assert connected and connected[0].endswith(f" as {learner[names[0]].role}."), checked
         phases["kernels answered"] = time.monotonic() - start
-        print(phases)
+        print(connected[0], {phase: round(seconds, 1) for phase, seconds in phases.items()})
         assert time.monotonic() < deadline, f"the hub run took longer than {DEADLINE} s: {phases}"
         for name in names:  # stop the servers through the API, as an instructor's cull would
             status, body = hub.request("DELETE", f"/hub/api/users/{name}/server")
