@@ -2,8 +2,8 @@
 
 Measured: the words of prose, the code cells, and the exercises' written lines come from the
 notebooks (and the service files exercises 09 and 10 ask the learner to fix); run times come from
-pytest logs of a full run with `--durations 0 --durations-min 1.0`, in which nbval reports every
-cell that ran 1.0 s or longer. A cell under the threshold is not listed: it is counted at
+the logs of full test runs (`make test 2>&1 | tee full.log`: pytest.ini asks for `--durations 0
+--durations-min 1.0`, so the log lists every notebook cell nbval ran for 1.0 s or longer). A cell under the threshold is not listed: it is counted at
 `--floor` seconds (by default the threshold itself, so the run time is an upper bound). With
 several logs, each cell counts at the slowest of its runs. nbval's "Cell N" is the N-th code cell.
 
@@ -216,7 +216,7 @@ def tables(lessons: dict[str, Lesson], rows: list[tuple]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=Path,
-                        help="pytest logs of a full run with --durations 0 --durations-min 1.0")
+                        help="logs of full test runs (make test; pytest.ini adds --durations 0 --durations-min 1.0)")
     parser.add_argument("--floor", type=float, default=FLOOR_S,
                         help="seconds counted for a cell the log does not list (default: %(default)s)")
     args = parser.parse_args(argv)
