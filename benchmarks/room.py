@@ -56,6 +56,9 @@ POLL = 0.05  # seconds between pg_stat_activity samples
 MEMORY_POLL = 1.0  # seconds between PSS samples
 # Errors that say the server itself was full: another learner took the slot (never the learner's own limit).
 SERVER_FULL = ("too many clients already", "remaining connection slots are reserved")
+# Errors that say the learner's code reached another learner's session or object and was refused (the room
+# keeps learners apart): when the learner alone passed that cell, another learner's run was in its way.
+REFUSED = ("InsufficientPrivilege", "permission denied", "pg_signal_backend")
 
 
 def say(*parts) -> None:
@@ -396,6 +399,9 @@ def failure_lines(alone: Phase, phases: list[Phase]) -> list[str]:
                 cause, caused = "CAUSED BY OTHER LEARNERS: the server was full", caused + 1
             elif key in same_alone:
                 cause = "fails alone too"
+            elif any(text in e for text in REFUSED):
+                cause, caused = ("CAUSED BY OTHER LEARNERS: it reached another learner's session or object, which the"
+                                 " room refused (the learner alone passed it)"), caused + 1
             else:
                 cause, caused = "ONLY IN THE ROOM: the learner alone passed it", caused + 1
             lines.append(f"- {p.n} learners, {notebook}, {e}: {len(learners)} of {p.n} learners"

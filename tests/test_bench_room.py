@@ -55,6 +55,17 @@ def test_failures_are_told_apart_by_the_learner_alone_and_a_full_server(bench):
     assert "- alone, 03a, code cell 5: AssertionError: the lesson's own (the lesson fails for a room learner" in text
 
 
+def test_a_refusal_the_learner_alone_never_met_is_another_learners_doing(bench):
+    alone = phase(bench, 1, [run(bench, "bench01", "03c", 30)])
+    refused = ("code cell 7: InsufficientPrivilege: DETAIL:  Only roles with privileges of the role whose process is"
+               " being terminated or with privileges of the \"pg_signal_backend\" role may terminate this process.")
+    room = phase(bench, 2, [run(bench, "bench01", "03c", 45, refused), run(bench, "bench02", "03c", 44)])
+    lines = bench.failure_lines(alone, [room])
+    assert lines[0].endswith(": 1 kind(s) of failed cell, listed below.")
+    assert lines[-1].endswith("1 of 2 learners (bench01) (CAUSED BY OTHER LEARNERS: it reached another learner's"
+                              " session or object, which the room refused (the learner alone passed it))")
+
+
 def test_no_failure_says_so_and_the_report_has_every_figure(bench):
     alone = phase(bench, 1, [run(bench, "bench01", "00", 10)], wall=10.0)
     rooms_run = [phase(bench, 2, [run(bench, f"bench0{i}", "00", 15 + i) for i in (1, 2)], wall=20.0)]
