@@ -115,6 +115,12 @@ def needed_connections(learners: int, connection_limit: int, reserved: int = 3) 
     return learners * (connection_limit + roomenv.LIMITED_PER_LEARNER) + roomenv.ADMIN_RESERVE + reserved
 
 
+def bundled_setting(needed: int) -> int:
+    """The bundled server's max_connections for a room that needs `needed`: rounded up to a hundred, so
+    that adding a learner or two during a session does not restart the server (ending every session)."""
+    return max(DEFAULT_MAX_CONNECTIONS, -(-needed // 100) * 100)
+
+
 def bundled_max_connections(room_file: Path, port: int) -> int | None:
     """What the bundled server on `port` takes from the room file into its course.conf at every start (None
     without a room on that server, or when the default suffices)."""
@@ -126,7 +132,7 @@ def bundled_max_connections(room_file: Path, port: int) -> int | None:
         value = int(data["max_connections"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return value if value > DEFAULT_MAX_CONNECTIONS else None
+    return bundled_setting(value) if value > DEFAULT_MAX_CONNECTIONS else None
 
 
 # ---- roles and databases ------------------------------------------------------------------------------
@@ -300,8 +306,7 @@ def _url_password(url: str | None) -> str | None:
 
 def _size_bundled(room: Room, current: int, say, cluster) -> None:
     """Restart the bundled server when the room needs more connections than it allows (and only then)."""
-    wanted = max(room.max_connections, DEFAULT_MAX_CONNECTIONS)
-    if current >= wanted:
+    if current >= room.max_connections:
         say(f"The bundled server allows {current} connections; the room needs {room.max_connections}.")
         return
     if cluster is None:
@@ -312,7 +317,8 @@ def _size_bundled(room: Room, current: int, say, cluster) -> None:
         " restarting it (every open session ends) ...")
     cluster.stop()
     cluster.start()
-    say(f"Restarted the bundled server with max_connections = {room.max_connections}.")
+    say(f"Restarted the bundled server with max_connections = {bundled_setting(room.max_connections)} (the room's"
+        f" {room.max_connections}, rounded up to a hundred: a few more learners fit without a restart).")
 
 
 def reset(admin: provision.Admin, room: Room, name: str) -> list[provision.EndedSession]:
