@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from . import board
 
 ROOM_FILE = board.ROOT / ".room" / "room.json"
@@ -148,7 +150,10 @@ def show(admin, once: bool = False, interval: float = 3.0) -> None:
     try:
         while True:
             width = max(80, shutil.get_terminal_size((WIDTH, 30)).columns)
-            text = snapshot(admin, width=width, colour=tty)
+            try:
+                text = snapshot(admin, width=width, colour=tty)
+            except psycopg.Error as exc:  # the server restarting, say: keep trying
+                text = f"The board cannot be read now ({str(exc).strip().splitlines()[0]}); trying again."
             sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\nupdated {time.strftime('%H:%M:%S')},"
                              f" every {interval:g} s; Ctrl-C to stop\n")
             sys.stdout.flush()
