@@ -37,12 +37,13 @@ PROXY_SCRIPT = ROOT / "tools" / "hub-proxy.sh"
 BIN = Path(sys.executable).parent  # the course's venv: jupyterhub, jupyterhub-singleuser
 LEARNERS = 3
 CONNECTION_LIMIT = 5  # 3 x (5 + limited 5) + reserve: far below max_connections, so no restart of the server
-# Seconds from starting the hub to the last kernel's answer. The run costs about 40 s of CPU (the hub,
-# 3 servers and 3 kernels each start a Python); it took 57 s beside other suites at a load of 10 on 2
-# cores, 141 s at a load of 17. The bound fails a hang, not a busy machine.
-DEADLINE = 240
+# Seconds the hub may take to answer and to have every learner's server up (each kernel then has 90 s).
+# The run costs about 40 s of CPU (the hub, 3 servers and 3 kernels each start a Python): it took 57 s
+# beside other suites at a load of 10 on 2 cores, 245 s at a load of 26. The bound fails a hang, not a
+# busy machine.
+DEADLINE = 300
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
 
 
 def free_port() -> int:
@@ -82,7 +83,7 @@ class Hub:
             f"c.Spawner.cmd = [{str(BIN / 'jupyterhub-singleuser')!r}]",
             f"c.Spawner.args = {['--allow-root'] if os.geteuid() == 0 else []!r}  # a root hub's servers run as root",
             "c.Spawner.env_keep = ['PATH', 'LANG']",
-            "c.Spawner.start_timeout = c.Spawner.http_timeout = 60",
+            f"c.Spawner.start_timeout = c.Spawner.http_timeout = {DEADLINE}  # a busy machine is slow, not broken",
             f"c.JupyterHub.bind_url = {self.url!r}",
             f"c.JupyterHub.hub_bind_url = 'http://127.0.0.1:{hub_port}'",
             f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{api_port}'",
@@ -129,6 +130,12 @@ class Hub:
                 self.seen.setdefault(p.pid, p)
         except psutil.NoSuchProcess:
             pass
+
+    def server_ready(self, name: str) -> bool:
+        """Is `name`'s server up? A failure if the hub gave up on it (no server, none pending)."""
+        server = self.request("GET", f"/hub/api/users/{name}")[1].get("servers", {}).get("")
+        assert server, f"the hub gave up starting {name}'s server:\n{self.log_text()[-3000:]}"
+        return bool(server.get("ready"))
 
     def wait_until(self, what: str, ready, deadline: float):
         while True:
@@ -271,13 +278,11 @@ def test_hub_gives_each_learner_their_database(tmp_path, room_of_three):
         status, refused = hub.request("POST", f"/hub/api/users/{stranger}/server")
         assert status == 403 and "is not a learner of this room" in refused.get("message", ""), (status, refused)
 
-        for name in names:  # all three start at once; the hub answers 201 (up) or 202 (starting)
-            status, body = hub.request("POST", f"/hub/api/users/{name}/server")
-            assert status in (201, 202), (name, status, body)
+        with ThreadPoolExecutor(len(names)) as pool:  # all three at once; each answer 201 (up) or 202 (starting)
+            started = list(pool.map(lambda n: hub.request("POST", f"/hub/api/users/{n}/server"), names))
+        assert all(status in (201, 202) for status, _ in started), started
         for name in names:
-            hub.wait_until(f"{name}'s server ready",
-                           lambda n=name: hub.request("GET", f"/hub/api/users/{n}")[1]
-                           .get("servers", {}).get("", {}).get("ready"), deadline)
+            hub.wait_until(f"{name}'s server ready", lambda n=name: hub.server_ready(n), deadline)
 
         phases["servers ready"] = time.monotonic() - start
         # Each learner's kernel sees that learner's role and database, and the room's variables; the first
@@ -300,7 +305,6 @@ def test_hub_gives_each_learner_their_database(tmp_path, room_of_three):
         assert connected and connected[0].endswith(f" as {learner[names[0]].role}."), checked
         phases["kernels answered"] = time.monotonic() - start
         print(connected[0], {phase: round(seconds, 1) for phase, seconds in phases.items()})
-        assert time.monotonic() < deadline, f"the hub run took longer than {DEADLINE} s: {phases}"
         for name in names:  # stop the servers through the API, as an instructor's cull would
             status, body = hub.request("DELETE", f"/hub/api/users/{name}/server")
             assert status in (202, 204), (name, status, body)
