@@ -15,16 +15,17 @@ LIMIT_VAR = "COURSE_CONNECTION_LIMIT"  # the learner role's CONNECTION LIMIT in 
 # Connections per learner in a room, from each notebook's peak measured by benchmarks/connections.py (the
 # table is docs/connections.json). The largest is lesson 07a's: 30 at once (10 connections each through
 # asyncpg, psycopg's async and its sync connection); 03a's engine-per-request lab comes next with 25 (20
-# engines, its pool of 4 and a monitor; sampled every 20 ms, the benchmark saw 24), 08a 15, 03b 12, 01b 11.
+# engines, its pool of 4 and a monitor; sampled every 20 ms, the benchmark saw 24), then exercises 03 (20),
+# 09c and exercises 04 (16), 08a (15), 03b (12), 01b (11); every other notebook holds 10 or fewer.
 # Two more let a second notebook stay open beside it (a setup cell's connection, a check recording its
 # outcome on the progress board). `room create` gives each learner role this CONNECTION LIMIT unless told
 # otherwise.
 PER_LEARNER = 32
 LIMITED_PER_LEARNER = 5  # the learner's limited role, as provision.LIMITED_CONNECTIONS (lessons 03a, 09a-09c: 5)
 ADMIN_RESERVE = 10  # connections kept for the instructor's board, monitor and admin tools
-# The smallest CONNECTION LIMIT every lesson runs under: the largest peak of a lesson that does not size its
-# bursts with connection_limit() (07a: 30). Below it such a lesson fails with "too many connections for role".
-# Lessons that read connection_limit() (03a) run smaller bursts instead, and say so in a room.
+# The smallest CONNECTION LIMIT every notebook runs under: the largest peak of a notebook that does not size
+# its bursts with connection_limit() (07a: 30). Below it such a notebook fails with "too many connections for
+# role". Lessons that read connection_limit() (03a) run smaller bursts instead, and say so in a room.
 MIN_CONNECTION_LIMIT = 30
 
 
