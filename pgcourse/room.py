@@ -73,6 +73,7 @@ class Room:
     connection_limit: int
     max_connections: int
     learners: dict[str, Learner] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False, repr=False)  # the file it was loaded from or saved to
 
     @classmethod
     def load(cls, path: Path = ROOM_FILE) -> Room:
@@ -90,11 +91,12 @@ class Room:
             raise ServerError(f"The room file {path} has version {data.get('version')!r}; this course reads {VERSION}.",
                               "create the room again with this version of the course")
         learners = {name: Learner(**entry, name=name) for name, entry in sorted(data["learners"].items())}
-        return cls(data["server"], int(data["connection_limit"]), int(data["max_connections"]), learners)
+        return cls(data["server"], int(data["connection_limit"]), int(data["max_connections"]), learners, path)
 
-    def save(self, path: Path = ROOM_FILE) -> None:
-        """Write the room file: its folder mode 700, the file mode 600 (it holds passwords), atomically."""
-        path = Path(path)
+    def save(self, path: Path | None = None) -> None:
+        """Write the room file (by default where it came from): its folder mode 700, the file mode 600 (it
+        holds passwords), atomically."""
+        path = Path(path or self.path or ROOM_FILE)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.chmod(0o700)
         data = {"version": VERSION, "server": self.server, "connection_limit": self.connection_limit,
@@ -107,6 +109,7 @@ class Room:
             json.dump(data, f, indent=2)
             f.write("\n")
         tmp.replace(path)
+        self.path = path
 
 
 def needed_connections(learners: int, connection_limit: int, reserved: int = 3) -> int:
@@ -364,7 +367,7 @@ def _drop_role(admin: provision.Admin, conn: psycopg.Connection, role: str) -> N
     _retried(lambda: conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role))))
 
 
-def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, path: Path = ROOM_FILE,
+def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, path: Path | None = None,
          say=print) -> list[str]:
     """Drop learners (all when `names` is None): their databases, demo roles and roles; return their names.
 
@@ -373,6 +376,7 @@ def drop(admin: provision.Admin, room: Room, names: list[str] | None = None, *, 
     """
     from . import board  # imported here: the board's module may import this one
 
+    path = Path(path or room.path or ROOM_FILE)  # by default, the file the room came from
     chosen = sorted(room.learners) if names is None else [_member(room, n).name for n in names]
     unenroll = getattr(board, "unenroll", None)
     with admin.connect() as conn:

@@ -620,7 +620,10 @@ def test_a_demo_role_has_nothing_and_cannot_be_given_anything(server):
 
 def test_a_learner_may_hold_at_most_fifty_demo_roles(server):
     with server.learner() as conn:
-        names = [f"lesson99_many_{i}" for i in range(50)]
+        held = conn.execute("SELECT count(*) FROM pg_roles WHERE shobj_description(oid, 'pg_authid')"
+                            " = 'pgcourse demo role of ' || current_user").fetchone()[0]  # a notebook running beside
+        tag = secrets.token_hex(3)
+        names = [f"lesson99_many_{tag}_{i}" for i in range(50 - held)]
         try:
             for name in names:
                 conn.execute("SELECT pgcourse.create_demo_role(%s)", (name,))
