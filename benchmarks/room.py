@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
@@ -37,7 +38,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -379,36 +380,59 @@ def report(alone: Phase, phases: list[Phase], notebooks: list[str], room: rooms.
     return [failures[0], "", *lines, "", *failures[1:]]
 
 
+def cell_key(error: str) -> str:
+    """'code cell 5: AssertionError: it saved 1.71' -> 'code cell 5: AssertionError' (the cell and the kind)."""
+    return ":".join(error.split(":")[:2])
+
+
+def cell_order(key: str) -> tuple[int, str]:
+    number = re.match(r"code cell ([0-9]+)", key)
+    return (int(number.group(1)) if number else 10**6, key)
+
+
 def failure_lines(alone: Phase, phases: list[Phase]) -> list[str]:
-    """Failed cells: the ones the learner alone also failed (the lesson's, not the room's), then the ones
-    only a room failed (caused by the others: a full server, or their load), per phase and notebook."""
-    same_alone = {(r.notebook, e.split(":")[0] + ":" + e.split(":")[1]) for r in alone.runs for e in r.errors}
-    lines = []
-    for r in alone.runs:
-        lines += [f"- alone, {r.notebook}, {e} (the lesson fails for a room learner: not caused by others)"
-                  for e in r.errors]
-    caused = 0
+    """Failed cells, per phase, notebook and cell, each with its cause: the lesson's own (the learner alone
+    failed it too), another learner's (a full server; a refusal to touch another learner's session; a cell
+    the learner alone passed, e.g. a timing check under the room's load), or an earlier failed cell's (a
+    NameError after it). The first line is the headline: failures caused by other learners."""
+    same_alone = {(r.notebook, cell_key(e)) for r in alone.runs for e in r.errors}
+    lines = [f"- alone, {r.notebook}, {e} (the lesson fails for a room learner: not caused by others)"
+             for r in alone.runs for e in r.errors]
+    caused, runs_hit, runs = 0, 0, 0
     for p in phases:
-        seen: dict[tuple[str, str], list[str]] = {}
+        seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for r in p.runs:
-            for e in r.errors:
-                seen.setdefault((r.notebook, e), []).append(r.learner)
-        for (notebook, e), learners in sorted(seen.items()):
-            key = (notebook, e.split(":")[0] + ":" + e.split(":")[1])
-            if any(text in e for text in SERVER_FULL):
+            runs += 1
+            hit = False
+            for number, e in enumerate(r.errors):
+                cascade = cell_key(e).endswith("NameError") and number > 0
+                seen.setdefault((r.notebook, cell_key(e)), []).append((r.learner, e))
+                hit = hit or (not cascade and (r.notebook, cell_key(e)) not in same_alone)
+            runs_hit += hit
+        for (notebook, key), found in sorted(seen.items(), key=lambda item: (item[0][0], cell_order(item[0][1]))):
+            example = found[0][1]
+            learners = [learner for learner, _ in found]
+            if key.endswith("NameError") and all(
+                    next(r for r in p.runs if r.learner == learner and r.notebook == notebook).errors.index(e) > 0
+                    for learner, e in found):
+                cause = "follows from an earlier failed cell of the same run"
+            elif any(text in example for text in SERVER_FULL):
                 cause, caused = "CAUSED BY OTHER LEARNERS: the server was full", caused + 1
-            elif key in same_alone:
-                cause = "fails alone too"
-            elif any(text in e for text in REFUSED):
-                cause, caused = ("CAUSED BY OTHER LEARNERS: it reached another learner's session or object, which the"
-                                 " room refused (the learner alone passed it)"), caused + 1
+            elif (notebook, key) in same_alone:
+                cause = "fails alone too: the lesson's, not the room's"
+            elif any(text in example for text in REFUSED):
+                cause, caused = ("CAUSED BY OTHER LEARNERS: it reached another learner's session, which the room"
+                                 " refused (the learner alone passed it)"), caused + 1
             else:
-                cause, caused = "ONLY IN THE ROOM: the learner alone passed it", caused + 1
-            lines.append(f"- {p.n} learners, {notebook}, {e}: {len(learners)} of {p.n} learners"
-                         f" ({', '.join(learners[:5])}{', ...' if len(learners) > 5 else ''}) ({cause})")
-    head = (f"Failures caused by other learners (a full server, or a cell the learner alone passed): {caused}"
-            " kind(s) of failed cell, listed below." if caused else
-            "Failures caused by other learners: none (no full server; no cell failed that passed alone).")
+                cause, caused = ("CAUSED BY OTHER LEARNERS: only in the room, the learner alone passed it (their"
+                                 " load)"), caused + 1
+            names = ", ".join(learners[:5]) + (", ..." if len(learners) > 5 else "")
+            lines.append(f"- {p.n} learners, {notebook}, {key}: {len(learners)} of {p.n} learners ({names}): {cause}."
+                         f" First: {example.split(': ', 2)[-1]}")
+    head = (f"Failures caused by other learners: {caused} failed cell(s), in {runs_hit} of {runs} notebook runs"
+            " in rooms (a full server, a refusal to touch another learner's session, or a cell the learner alone"
+            " passed); listed below." if caused else
+            "Failures caused by other learners: none (no full server, no refusal, no cell failed that passed alone).")
     return [head, *(["Failed cells:", *lines] if lines else ["No cell failed."])]
 
 
@@ -457,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 left = rooms.Room.load(place.room_file)
                 rooms.drop(place.admin, left, [n for n in names if n in left.learners], path=place.room_file, say=say)
     lines = report(alone, phases, notebooks, room, server)
+    (out / "results.json").write_text(json.dumps({"server": server, "notebooks": notebooks,
+                                                  "phases": [asdict(p) for p in [alone, *phases]]}, indent=1))
     print("\n".join(lines))
     if args.markdown:
         ran = " ".join(["benchmarks/room.py", *(argv if argv is not None else sys.argv[1:])])

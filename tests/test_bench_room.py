@@ -47,11 +47,15 @@ def test_failures_are_told_apart_by_the_learner_alone_and_a_full_server(bench):
                                                       "code cell 9: AssertionError: a connect costs 9 round trips"),
         run(bench, "bench03", "03a", 82, lesson)])
     lines = bench.failure_lines(alone, [room])
-    assert lines[0].startswith("Failures caused by other learners (a full server, or a cell the learner alone passed): 2")
+    assert lines[0].startswith("Failures caused by other learners: 2 failed cell(s), in 2 of 6 notebook runs in rooms")
     text = "\n".join(lines)
-    assert "too many clients already: 1 of 3 learners (bench02) (CAUSED BY OTHER LEARNERS: the server was full)" in text
-    assert "round trips: 1 of 3 learners (bench02) (ONLY IN THE ROOM: the learner alone passed it)" in text
-    assert "the lesson's own: 3 of 3 learners (bench01, bench02, bench03) (fails alone too)" in text
+    assert ("- 3 learners, 00, code cell 2: OperationalError: 1 of 3 learners (bench02): CAUSED BY OTHER LEARNERS:"
+            " the server was full. First: connection failed: FATAL:  sorry, too many clients already") in text
+    assert ("- 3 learners, 03a, code cell 9: AssertionError: 1 of 3 learners (bench02): CAUSED BY OTHER LEARNERS:"
+            " only in the room, the learner alone passed it (their load). First: a connect costs 9 round trips") in text
+    assert ("- 3 learners, 03a, code cell 5: AssertionError: 3 of 3 learners (bench01, bench02, bench03): fails alone"
+            " too: the lesson's, not the room's.") in text
+    assert text.index("code cell 5: AssertionError: 3 of 3") < text.index("code cell 9:")  # in the cells' order
     assert "- alone, 03a, code cell 5: AssertionError: the lesson's own (the lesson fails for a room learner" in text
 
 
@@ -61,9 +65,21 @@ def test_a_refusal_the_learner_alone_never_met_is_another_learners_doing(bench):
                " being terminated or with privileges of the \"pg_signal_backend\" role may terminate this process.")
     room = phase(bench, 2, [run(bench, "bench01", "03c", 45, refused), run(bench, "bench02", "03c", 44)])
     lines = bench.failure_lines(alone, [room])
-    assert lines[0].endswith(": 1 kind(s) of failed cell, listed below.")
-    assert lines[-1].endswith("1 of 2 learners (bench01) (CAUSED BY OTHER LEARNERS: it reached another learner's"
-                              " session or object, which the room refused (the learner alone passed it))")
+    assert lines[0].startswith("Failures caused by other learners: 1 failed cell(s), in 1 of 2 notebook runs")
+    assert lines[-1].startswith("- 2 learners, 03c, code cell 7: InsufficientPrivilege: 1 of 2 learners (bench01):"
+                                " CAUSED BY OTHER LEARNERS: it reached another learner's session, which the room"
+                                " refused (the learner alone passed it). First: DETAIL:  Only roles")
+
+
+def test_a_name_error_after_a_failed_cell_is_not_counted_again(bench):
+    alone = phase(bench, 1, [run(bench, "bench01", "03b", 50)])
+    room = phase(bench, 2, [run(bench, "bench01", "03b", 90, "code cell 26: AssertionError: within 25%",
+                                "code cell 27: NameError: name 'medians' is not defined"),
+                            run(bench, "bench02", "03b", 91)])
+    lines = bench.failure_lines(alone, [room])
+    assert lines[0].startswith("Failures caused by other learners: 1 failed cell(s), in 1 of 2 notebook runs")
+    assert lines[-1].startswith("- 2 learners, 03b, code cell 27: NameError: 1 of 2 learners (bench01): follows from"
+                                " an earlier failed cell of the same run.")
 
 
 def test_no_failure_says_so_and_the_report_has_every_figure(bench):
@@ -71,7 +87,8 @@ def test_no_failure_says_so_and_the_report_has_every_figure(bench):
     rooms_run = [phase(bench, 2, [run(bench, f"bench0{i}", "00", 15 + i) for i in (1, 2)], wall=20.0)]
     room = rooms.Room({"host": "127.0.0.1", "port": 5432, "kind": "bundled"}, 32, 100, {})
     lines = bench.report(alone, rooms_run, ["00"], room, "a bundled server of its own")
-    assert lines[0] == "Failures caused by other learners: none (no full server; no cell failed that passed alone)."
+    assert lines[0] == ("Failures caused by other learners: none (no full server, no refusal, no cell failed that"
+                        " passed alone).")
     assert lines[-1] == "No cell failed."
     table = [line for line in lines if line.startswith("| 2 |")]
     assert table == ["| 2 | 20.00 s | 0 of 2 | 8 (1) | 3 / 3 | 4.00 s, 2.00 s, 500.0 ms | 3.00 s | 0 MB, 0 MB | 1.0 / 2.0 |"]
