@@ -286,6 +286,9 @@ def create(admin: provision.Admin, names: list[str], *, host: str, port: int, ki
             if not exists:
                 _clone(admin, learner)
                 added.append(name)
+            else:  # as a copy gets it (an interrupted create may have stopped half-way)
+                provision._database_rights(conn, learner.database, learner.limited_role)
+                _prepare_database(admin, learner)
             _retried(lambda role=learner.role: board.enroll(admin, role))
     say(f"The room has {len(room.learners)} learner(s)" + (f"; added {len(added)}: {', '.join(added)}." if added
                                                            else "; nothing new to add.")
