@@ -13,7 +13,7 @@ import os
 import pytest
 from nbval.plugin import IPyNbCell
 
-from pgcourse import provision
+from pgcourse import board, provision
 from pgcourse import target as target_module
 from pgcourse.notebooks import KERNEL_VARIABLES, clone_name, sessions_in
 
@@ -85,6 +85,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
         return (yield)  # nbval stops the kernel
     finally:
         provision.drop(tgt.admin, notebook._course_db)
+        board.forget_database(tgt.admin, notebook._course_db)  # the outcomes its checks recorded
         for key, value in notebook._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
