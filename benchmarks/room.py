@@ -220,6 +220,7 @@ class NotebookRun:
     notebook: str
     seconds: float
     errors: list[str] = field(default_factory=list)  # "code cell N: Name: message", or how the run broke off
+    raised: dict[str, str | None] = field(default_factory=dict)  # cells meant to raise: "code cell N" -> what they did
 
     @property
     def ok(self) -> bool:
@@ -258,6 +259,27 @@ def cell_errors(nb) -> list[str]:
             for output in cell.get("outputs", []) if output.get("output_type") == "error"]
 
 
+def cells_meant_to_raise(nb) -> dict[str, str | None]:
+    """What each cell tagged raises-exception raised (its exception's name), None where it raised nothing."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    return {f"code cell {number}": next((o.get("ename") for o in cell.get("outputs", [])
+                                         if o.get("output_type") == "error"), None)
+            for number, cell in enumerate(code, 1) if "raises-exception" in cell.metadata.get("tags", [])}
+
+
+def compare_raised(alone: Phase, phases: list[Phase]) -> None:
+    """A cell meant to raise that, in a room, raised something else than alone (or nothing) failed its
+    lesson too (the failure the learner was to see did not happen): it is added to the run's errors."""
+    expected = {r.notebook: r.raised for r in alone.runs}
+    for p in phases:
+        for r in p.runs:
+            for cell, got in r.raised.items():
+                want = expected.get(r.notebook, {}).get(cell, got)
+                if got != want:
+                    r.errors.append(f"{cell}: {got or 'NoError'}: a cell meant to raise {want or 'nothing'} (as it"
+                                    f" did alone) raised {got or 'nothing'}")
+
+
 def last_line(text: str) -> str:
     lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip().splitlines() if line.strip()]
     return (lines[-1] if lines else "").strip()[:300]
@@ -287,7 +309,7 @@ async def run_notebook(source: Path, text: str, name: str, env: dict, out: Path,
             broke_off = [f"run broke off: {type(exc).__name__}: {last_line(exc) or 'no message'}"]
     seconds = time.perf_counter() - started
     nbformat.write(nb, out / source.name)
-    return NotebookRun(name, source.stem, seconds, cell_errors(nb) + broke_off)
+    return NotebookRun(name, source.stem, seconds, cell_errors(nb) + broke_off, cells_meant_to_raise(nb))
 
 
 async def run_learner(name: str, sources: dict[Path, str], env: dict, out: Path, timeout: float, done: list,
@@ -480,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             if place.room_file.exists():
                 left = rooms.Room.load(place.room_file)
                 rooms.drop(place.admin, left, [n for n in names if n in left.learners], path=place.room_file, say=say)
+    compare_raised(alone, phases)
     lines = report(alone, phases, notebooks, room, server)
     (out / "results.json").write_text(json.dumps({"server": server, "notebooks": notebooks,
                                                   "phases": [asdict(p) for p in [alone, *phases]]}, indent=1))

@@ -106,3 +106,21 @@ def test_cell_errors_skip_cells_meant_to_raise(bench):
                                    traceback=[])]),
     ])
     assert bench.cell_errors(nb) == ["code cell 2: NameError: name 'x' is not defined"]
+
+
+def test_a_cell_meant_to_raise_that_raises_otherwise_in_the_room_failed(bench):
+    alone = phase(bench, 1, [bench.NotebookRun("bench01", "03c", 30, [], {"code cell 6": "OperationalError",
+                                                                           "code cell 9": "PoolTimeout"})])
+    room = phase(bench, 2, [
+        bench.NotebookRun("bench01", "03c", 45, [], {"code cell 6": "InsufficientPrivilege", "code cell 9": None}),
+        bench.NotebookRun("bench02", "03c", 44, [], {"code cell 6": "OperationalError", "code cell 9": "PoolTimeout"})])
+    bench.compare_raised(alone, [room])
+    assert room.runs[0].errors == [
+        "code cell 6: InsufficientPrivilege: a cell meant to raise OperationalError (as it did alone) raised"
+        " InsufficientPrivilege",
+        "code cell 9: NoError: a cell meant to raise PoolTimeout (as it did alone) raised nothing"]
+    assert room.runs[1].ok
+    lines = bench.failure_lines(alone, [room])
+    assert lines[0].startswith("Failures caused by other learners: 2 failed cell(s), in 1 of 2 notebook runs")
+    assert "code cell 6: InsufficientPrivilege: 1 of 2 learners (bench01): CAUSED BY OTHER LEARNERS: it reached" in lines[2]
+    assert "code cell 9: NoError: 1 of 2 learners (bench01): CAUSED BY OTHER LEARNERS: only in the room" in lines[3]
