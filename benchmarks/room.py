@@ -282,7 +282,8 @@ def compare_raised(alone: Phase, phases: list[Phase]) -> None:
 
 def last_line(text: str) -> str:
     lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "").strip()[:300]
+    said = [line for line in lines if not line.startswith(("DETAIL:", "HINT:", "CONTEXT:"))] or lines
+    return (said[-1] if said else "").strip()[:300]
 
 
 def notebook_text(source: Path, revision: str | None) -> str:
