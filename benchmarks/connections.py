@@ -148,6 +148,22 @@ def row(p: Peaks) -> str:
             f"{p.elsewhere:>9} {p.seconds:>7.1f}{verdict}")
 
 
+def write_table(path: Path, results: list[Peaks], kept: list[dict]) -> None:
+    """The table as JSON; with `kept` (--update), these notebooks' rows replace theirs and the others stay."""
+    rows = [{k: v for k, v in asdict(p).items() if k not in ("polls",)} for p in results]
+    if kept:
+        fresh = {row["notebook"]: row for row in rows}
+        rows = [fresh.pop(row["notebook"], row) for row in kept] + list(fresh.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "about": "Peak sessions each notebook holds at once on the server (benchmarks/connections.py):"
+                 " learner and limited = that role's sessions in any database; others = other roles'"
+                 " sessions in the notebook's database; total = all of them; seconds = the run's wall time.",
+        "interval_ms": round(INTERVAL * 1000),
+        "notebooks": rows,
+    }, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path,
@@ -169,24 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Peak sessions at once, pg_stat_activity polled every {INTERVAL * 1000:.0f} ms", header,
           "-" * len(header), sep="\n", flush=True)
     results: list[Peaks] = []
+    kept = json.loads(args.json.read_text())["notebooks"] if args.update and args.json.exists() else []
     with ThreadPoolExecutor(max_workers=max(1, min(2, args.jobs))) as pool:
         for peaks in pool.map(lambda p: measure(p, tgt, args.timeout), notebooks):
             print(row(peaks), flush=True)
             results.append(peaks)
-    rows = [{k: v for k, v in asdict(p).items() if k not in ("polls",)} for p in results]
-    if args.update and args.json.exists():  # replace these notebooks' rows in the table, keep the others
-        fresh = {row["notebook"]: row for row in rows}
-        kept = json.loads(args.json.read_text())["notebooks"]
-        rows = [fresh.pop(row["notebook"], row) for row in kept] + list(fresh.values())
-    if str(args.json) != "-":
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "about": "Peak sessions each notebook holds at once on the server (benchmarks/connections.py):"
-                     " learner and limited = that role's sessions in any database; others = other roles'"
-                     " sessions in the notebook's database; total = all of them; seconds = the run's wall time.",
-            "interval_ms": round(INTERVAL * 1000),
-            "notebooks": rows,
-        }, indent=1) + "\n")
+            if str(args.json) != "-":  # after every notebook: a run cut short keeps what it measured
+                write_table(args.json, results, kept)
     failed = [p.notebook for p in results if not p.ok]
     print(f"\nThe largest peak as the learner: {max(p.learner for p in results)} "
           f"({', '.join(Path(p.notebook).name for p in results if p.learner == max(q.learner for q in results))});"
