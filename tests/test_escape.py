@@ -124,12 +124,22 @@ def pg15_wanted() -> bool:
 SERVERS = ["course server", "room learner"] + (["PostgreSQL 15"] if pg15_wanted() else [])
 
 
+class NoRestart:
+    """Stands in for the course server in room.create: the suite never restarts the shared server."""
+
+    def stop(self):
+        raise AssertionError("room.create would restart the course server")
+
+    start = stop
+
+
 def room_server(tgt: target.Target, base: Path) -> tuple[Server, room.Room, Path]:
     """A room learner (a name unique to this run) on the course server, in a room file of its own."""
     name = "e" + secrets.token_hex(4)
     path = base / ".room" / "room.json"
     port = int(psycopg.conninfo.conninfo_to_dict(tgt.database_url)["port"])
-    made = room.create(tgt.admin, [name], host="127.0.0.1", port=port, kind=tgt.kind, path=path, say=lambda *_: None)
+    made = room.create(tgt.admin, [name], host="127.0.0.1", port=port, kind=tgt.kind, connection_limit=4, path=path,
+                       say=lambda *_: None, cluster=NoRestart())
     learner = made.learners[name]
     plain = course_server(tgt, learner.database)
     return Server(f"room learner (PostgreSQL {plain.major})", plain.major, learner.env["DATABASE_URL"],

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgcourse import provision, room, roomenv, target
+from pgcourse import provision, room, target
 from pgcourse.errors import ServerError
 from pgcourse.server import ROOT, Cluster
 
@@ -33,8 +33,20 @@ DENIED = "42501"  # insufficient_privilege
 HIDDEN = "<insufficient privilege>"
 
 
+LIMIT = 4  # connections per learner here: a room this small fits the course server's max_connections
+
+
 def quiet(*_):
     pass
+
+
+class NoRestart:
+    """Stands in for the course server in room.create: the tests never restart the shared server."""
+
+    def stop(self):
+        raise AssertionError("room.create would restart the course server")
+
+    start = stop
 
 
 def leftovers(admin: provision.Admin, prefix: str) -> list[str]:
@@ -70,7 +82,7 @@ def setup(course, tmp_path_factory):
     port = psycopg.conninfo.conninfo_to_dict(course.database_url)["port"]
     try:
         made = room.create(course.admin, [prefix + s for s in "abc"], host="127.0.0.1", port=int(port),
-                           kind=course.kind, path=path, say=quiet)
+                           kind=course.kind, connection_limit=LIMIT, path=path, say=quiet, cluster=NoRestart())
         yield made, path, prefix
     finally:
         if path.exists():
@@ -112,12 +124,12 @@ def test_the_room_file_holds_working_urls(setup):
     data = json.loads(path.read_text())
     assert data["version"] == 1 and data["server"]["kind"] in ("bundled", "external")
     assert sorted(data["learners"]) == [prefix + s for s in "abc"]
-    assert data["connection_limit"] == roomenv.PER_LEARNER
+    assert data["connection_limit"] == LIMIT
     for name, entry in data["learners"].items():
         assert entry["role"] == f"room_{name}" and entry["limited_role"] == f"room_{name}_limited"
         assert entry["database"] == f"room_{name}"
         env = entry["env"]
-        assert env["COURSE_LEARNER"] == name and env["COURSE_CONNECTION_LIMIT"] == str(roomenv.PER_LEARNER)
+        assert env["COURSE_LEARNER"] == name and env["COURSE_CONNECTION_LIMIT"] == str(LIMIT)
         with connect(env["DATABASE_URL"]) as conn:
             assert conn.execute("SELECT current_user, current_database()").fetchone() == (entry["role"], entry["database"])
             assert conn.execute("SELECT count(*) > 0 FROM customers").fetchone()[0], "its own copy of the dataset"
@@ -130,7 +142,7 @@ def test_create_again_keeps_passwords_and_adds_learners(course, setup):
     made, path, prefix = setup
     before = json.loads(path.read_text())["learners"]
     again = room.create(course.admin, [prefix + "a", prefix + "d"], host=made.server["host"],
-                        port=made.server["port"], kind=made.server["kind"], path=path, say=quiet)
+                        port=made.server["port"], kind=made.server["kind"], path=path, say=quiet, cluster=NoRestart())
     try:
         after = json.loads(path.read_text())["learners"]
         assert sorted(after) == [prefix + s for s in "abcd"]
@@ -149,7 +161,7 @@ def test_listing_says_who_exists_and_is_connected(course, setup):
     with connect(made.learners[prefix + "b"].env["DATABASE_URL"]), connect(made.learners[prefix + "b"].env["DATABASE_URL"]):
         rows = room.listing(course.admin, room.Room.load(path))
     assert [(r["name"], r["role"], r["database"], r["exists"], r["limit"]) for r in rows] == [
-        (prefix + s, f"room_{prefix}{s}", f"room_{prefix}{s}", True, roomenv.PER_LEARNER) for s in "abc"]
+        (prefix + s, f"room_{prefix}{s}", f"room_{prefix}{s}", True, LIMIT) for s in "abc"]
     assert {r["name"]: r["sessions"] for r in rows}[prefix + "b"] == 2
 
 
@@ -176,7 +188,7 @@ def test_a_room_learner_holds_exactly_its_rights(setup):
         major = conn.info.server_version // 10000
         assert conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolconnlimit"
                             " FROM pg_roles WHERE rolname = current_user").fetchone() == (
-            False, False, False, False, False, roomenv.PER_LEARNER)
+            False, False, False, False, False, LIMIT)
         member_of = {r for (r,) in conn.execute(
             "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
             " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)")}
@@ -342,7 +354,7 @@ def test_drop_leaves_no_role_or_database_behind(course, tmp_path):
     port = int(psycopg.conninfo.conninfo_to_dict(course.database_url)["port"])
     try:
         made = room.create(course.admin, [prefix + "x", prefix + "y"], host="127.0.0.1", port=port, kind=course.kind,
-                           path=path, say=quiet)
+                           connection_limit=LIMIT, path=path, say=quiet, cluster=NoRestart())
         x = made.learners[prefix + "x"]
         with connect(x.env["DATABASE_URL"]) as conn:  # what drop must clear: demo roles with grants, and a session
             for demo in (f"lesson01_{prefix}", f"exercise02_{prefix}"):
