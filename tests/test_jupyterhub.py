@@ -46,6 +46,15 @@ DEADLINE = 300
 pytestmark = pytest.mark.timeout(600)
 
 
+class NoRestart:
+    """Stands in for the course server in room.create: this test never restarts the shared server."""
+
+    def stop(self):
+        raise AssertionError("room.create would restart the course server")
+
+    start = stop
+
+
 def free_port() -> int:
     import socket
 
@@ -249,7 +258,7 @@ def room_of_three(tmp_path):
     path = tmp_path / "room" / "room.json"
     try:
         made = room.create(tgt.admin, names, host=where.hostname, port=where.port, kind=tgt.kind,
-                           connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path, cluster=tgt.cluster)
+                           connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path, cluster=NoRestart())
         yield made, path, f"hub{tag}x"
     finally:  # also after a create that failed half-way: the room file lists whom it made
         if path.exists():
