@@ -111,9 +111,9 @@ db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-des
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
 
 .PHONY: room-create room-reset room-drop room-list room-board
-room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=12] [ADMIN_URL=postgresql://...]
+room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=12] [RESTART=1] [ADMIN_URL=postgresql://...]
 	@test -n "$(N)$(NAMES)" || { echo "Say who: make room-create N=30, or NAMES=alice,bob (the hub's user names)"; exit 1; }
-	@$(PY) -m pgcourse room create $(if $(NAMES),--names "$(NAMES)",--learners "$(N)") $(if $(LIMIT),--connection-limit "$(LIMIT)") $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
+	@$(PY) -m pgcourse room create $(if $(NAMES),--names "$(NAMES)",--learners "$(N)") $(if $(LIMIT),--connection-limit "$(LIMIT)") $(if $(RESTART),--restart) $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
 
 room-reset: $(STAMP) #room: recreate one learner's database from the template, ending its sessions: make room-reset L=alice
 	@test -n "$(L)" || { echo "Say whose: make room-reset L=alice (make room-list lists them)"; exit 1; }

@@ -232,8 +232,12 @@ def cmd_room_create(args) -> None:
     existing = room.Room.load(path).server if path.exists() else None
     admin, server = _room_admin(args, existing if not args.admin_url else None)
     started = time.perf_counter()
+    ask = None
+    if sys.stdin.isatty():
+        def ask(question: str) -> bool:
+            return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
     made = room.create(admin, names, host=server["host"], port=server["port"], kind=server["kind"],
-                       connection_limit=args.connection_limit, path=path)
+                       connection_limit=args.connection_limit, path=path, restart=args.restart, ask=ask)
     print(f"The room of {len(made.learners)} is ready ({time.perf_counter() - started:.1f} s). `make room-list` shows it;"
           " docs/instructor.md and docs/jupyterhub.md say how to hand out the URLs.")
 
@@ -335,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--names", help="comma-separated names (e.g. the hub's user names)")
     create.add_argument("--connection-limit", type=int, default=None,
                         help="each learner role's CONNECTION LIMIT (default: pgcourse.roomenv.PER_LEARNER)")
+    create.add_argument("--restart", action="store_true",
+                        help="restart the bundled server if the room needs more connections, even with sessions open"
+                             " (without it: asks on a terminal, refuses otherwise)")
     create.set_defaults(func=cmd_room_create)
     room_reset = rooms.add_parser("reset", parents=[admin_url], help="recreate one learner's database (ends its sessions)")
     room_reset.add_argument("name")

@@ -23,6 +23,13 @@ from .errors import ServerError
 LEARNER = "learner"
 LIMITED = "learner_limited"
 LIMITED_CONNECTIONS = 5
+# What one room learner's demo roles may hold together (the sum of their CONNECTION LIMITs), enforced by
+# pgcourse.create_demo_role (pgcourse.demo_connection_budget() in sql/tools.sql says the same number): lesson
+# 02a's eight demo roles at the default limit of 3 (lesson 02b's Sessions hold 3 of one role at once). The
+# room's sizing counts it for every learner (pgcourse.room.needed_connections).
+DEMO_CONNECTIONS = 24
+DEMO_DEFAULT_LIMIT = 3
+ROOM_MARKER = "pgcourse room learner"  # the comment on every role a room made (pgcourse.room.MARKER)
 COURSE_DB = "course"
 TEMPLATE_DB = "course_template"
 TOOLS = "pgcourse"  # the schema of the course's SECURITY DEFINER functions (pgcourse/sql/tools.sql)
@@ -304,7 +311,8 @@ def harden_server(conn: psycopg.Connection, whole_server: bool) -> None:
                 conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
-def install_tools(conn: psycopg.Connection, whole_server: bool, role: str = LEARNER) -> bool:
+def install_tools(conn: psycopg.Connection, whole_server: bool, role: str = LEARNER, *,
+                  grant_whole_server: bool | None = None) -> bool:
     """Install (or bring up to date) the pgcourse schema in the connected database, and grant the learner
     (or a room learner, `role`) what LEARNER_RIGHTS says; False if the database holds a pgcourse schema
     that is not the admin's."""
@@ -320,7 +328,7 @@ def install_tools(conn: psycopg.Connection, whole_server: bool, role: str = LEAR
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(TOOLS)))
             conn.execute(tools_sql())
             conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(TOOLS), sql.Literal(stamp)))
-    grant_tools(conn, role, whole_server)
+    grant_tools(conn, role, whole_server if grant_whole_server is None else grant_whole_server)
     return True
 
 
@@ -482,7 +490,7 @@ def _database_rights(conn: psycopg.Connection, name: str, limited: str = LIMITED
 
 
 def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE_DB, say=print, *,
-                            role: str = LEARNER, limited: str = LIMITED) -> None:
+                            role: str = LEARNER, limited: str = LIMITED, room: bool = False) -> None:
     """Install the tools into an existing course database that lacks them (or has older ones); `role` and
     `limited` are its learner's (a room learner's database: room_<name> and room_<name>_limited)."""
     with admin.connect() as conn:
@@ -491,7 +499,9 @@ def upgrade_course_database(admin: Admin, whole_server: bool, name: str = COURSE
         _database_rights(conn, name, limited)
     try:
         with admin.connect(name) as conn:
-            installed = install_tools(conn, whole_server, role)
+            # a room learner's database keeps the template's stamp (so an unchanged tools.sql costs nothing),
+            # and its learner only the rights of a shared server
+            installed = install_tools(conn, whole_server, role, grant_whole_server=False if room else None)
     except psycopg.Error as exc:  # the learner owns the database, and its settings may get in the way
         installed = False
         say(f"Could not install the course's tools into {name!r}: {str(exc).strip().splitlines()[0]}")
@@ -595,7 +605,27 @@ def upgrade(admin: Admin, *, whole_server: bool = True, say=print) -> None:
     if upgrade_template(admin, whole_server):
         say(f"Brought {TEMPLATE_DB!r} up to date (owned by the admin, with the course's tools).")
     upgrade_course_database(admin, whole_server, say=say)
+    upgrade_room_databases(admin, whole_server, say=say)
     _board(admin)
+
+
+def room_learners(conn: psycopg.Connection) -> list[str]:
+    """The room learners' names on this server (roles room_<name> a room made and marked), with a database."""
+    return [name for (name,) in conn.execute(
+        "SELECT substr(a.rolname, 6) FROM pg_roles a JOIN pg_database d ON d.datname = a.rolname"
+        " WHERE a.rolname ~ '^room_[a-z][a-z0-9]{0,15}$' AND shobj_description(a.oid, 'pg_authid') = %s"
+        " ORDER BY 1", (ROOM_MARKER,))]
+
+
+def upgrade_room_databases(admin: Admin, whole_server: bool, say=print) -> int:
+    """Bring every room learner's database's tools up to date (each compares its stamp first: cheap when
+    they are); return how many databases there were."""
+    with admin.connect() as conn:
+        names = room_learners(conn)
+    for name in names:
+        upgrade_course_database(admin, whole_server, f"room_{name}", say=say, role=f"room_{name}",
+                                limited=f"room_{name}_limited", room=True)
+    return len(names)
 
 
 def _board(admin: Admin) -> None:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROOM_FILE = ROOT / ".room" / "room.json"
 VERSION = 1
 PREFIX = "room_"
-MARKER = "pgcourse room learner"  # the comment on every role a room made: drop and reset touch no other
+MARKER = provision.ROOM_MARKER  # the comment on every role a room made: drop and reset touch no other
 DEFAULT_MAX_CONNECTIONS = 100  # PostgreSQL's default, which the bundled server keeps without a room
 NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 
@@ -113,9 +113,11 @@ class Room:
 
 
 def needed_connections(learners: int, connection_limit: int, reserved: int = 3) -> int:
-    """max_connections for a room: every learner's two roles at their limits, the admin's reserve, and the
-    slots PostgreSQL keeps for superusers (and, from 16 on, for pg_use_reserved_connections)."""
-    return learners * (connection_limit + roomenv.LIMITED_PER_LEARNER) + roomenv.ADMIN_RESERVE + reserved
+    """max_connections for a room: every learner's two roles at their limits and its demo roles at their budget
+    (provision.DEMO_CONNECTIONS), the admin's reserve, and the slots PostgreSQL keeps for superusers (and, from 16
+    on, for pg_use_reserved_connections): no learner can take another's share."""
+    per_learner = connection_limit + roomenv.LIMITED_PER_LEARNER + provision.DEMO_CONNECTIONS
+    return learners * per_learner + roomenv.ADMIN_RESERVE + reserved
 
 
 def bundled_setting(needed: int) -> int:
@@ -221,13 +223,16 @@ def _server_facts(admin: provision.Admin) -> tuple[int, int, int]:
 
 
 def create(admin: provision.Admin, names: list[str], *, host: str, port: int, kind: str,
-           connection_limit: int | None = None, say=print, path: Path = ROOM_FILE, cluster=None) -> Room:
+           connection_limit: int | None = None, say=print, path: Path = ROOM_FILE, cluster=None,
+           restart: bool = False, ask=None) -> Room:
     """Create the room (or add `names` to the one in `path`): a role pair and a database per learner.
 
     Learners already in the room keep their passwords and databases. On the bundled server (`cluster`,
     by default the checkout's) the room's max_connections is written to the room file, which the server
-    takes at every start; the server is restarted only when the value must grow. On an external server
-    a max_connections too low is refused with the statements that raise it.
+    takes at every start; the server is restarted only when the value must grow, and, when sessions other
+    than the admin's are open (the restart ends them), only if `restart` is true or `ask(question)` (the
+    command line's question on a terminal) says yes; otherwise it is refused before anything is made. On an
+    external server a max_connections too low is refused with the statements that raise it.
     """
     from . import board  # imported here: the board's module may import this one
 
@@ -252,9 +257,12 @@ def create(admin: provision.Admin, names: list[str], *, host: str, port: int, ki
     if kind == "external" and current < needed:
         raise ServerError(
             f"This server allows {current} connections; a room of {len(everyone)} with {limit} per learner"
-            f" (and {roomenv.LIMITED_PER_LEARNER} per limited role) needs {needed}.",
+            f" (and {roomenv.LIMITED_PER_LEARNER} per limited role, {provision.DEMO_CONNECTIONS} for its demo roles)"
+            f" needs {needed}.",
             f"as a superuser run `ALTER SYSTEM SET max_connections = {needed};` and restart the server, or give"
             " a smaller --connection-limit")
+    if kind == "bundled" and current < needed:
+        _may_restart(admin, current, needed, restart, ask)
     room = room or Room(server, limit, needed, {})
     room.connection_limit, room.max_connections = limit, needed
     added = []
@@ -308,6 +316,22 @@ def _url_password(url: str | None) -> str | None:
         return None
     password = urlsplit(url).password
     return unquote(password) if password else None
+
+
+def _may_restart(admin: provision.Admin, current: int, needed: int, restart: bool, ask) -> None:
+    """Refuse a restart of the bundled server that would end other people's sessions, unless allowed."""
+    with admin.connect() as conn:
+        others = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND usename IS DISTINCT FROM current_user").fetchone()[0]
+    if not others or restart:
+        return
+    question = (f"The room needs {needed} connections and the bundled server allows {current}: it must restart,"
+                f" which ends the {others} session(s) open now (other than the admin's).")
+    if ask is not None and ask(question + " Restart it?"):
+        return
+    raise ServerError(question + " Nothing was changed.",
+                      "restart when no one works on it: `make room-create ... RESTART=1` (or add --restart)")
 
 
 def _size_bundled(room: Room, current: int, say, cluster) -> None:

@@ -15,6 +15,22 @@ REVOKE ALL ON SCHEMA pgcourse FROM PUBLIC;
 -- verifier (psycopg: conn.pgconn.encrypt_password(password, role, b"scram-sha-256")), so it never
 -- travels or gets logged in clear. A role is marked (a comment only the admin can write) with the role
 -- that made it, and only that role may change or drop it.
+-- In a room (roles room_<name>, marked 'pgcourse room learner' by pgcourse.room), demo roles are server-wide,
+-- so a room learner makes only names ending in _<name> (its own, after a name of the lesson's), or an exercise check's name with a random
+-- hex token (exerciseNN_<word>_<token>, which no one can guess ahead), and no one makes a name ending in
+-- another room learner's _<name>. A room learner's demo roles may hold 24 connections together (the
+-- room's sizing counts them: provision.DEMO_CONNECTIONS), checked under a lock on pg_authid, which is
+-- server-wide, so two sessions (even in two databases) cannot both pass the check at once.
+
+CREATE FUNCTION pgcourse.demo_connection_budget() RETURNS integer
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 24 $$;  -- lesson 02a's eight demo roles at the default limit of 3; = provision.DEMO_CONNECTIONS
+
+CREATE FUNCTION pgcourse.room_learner_of(role_name name) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT substr(a.rolname, 6) FROM pg_authid a
+      WHERE a.rolname = role_name AND a.rolname ~ '^room_[a-z][a-z0-9]{0,15}$'
+        AND shobj_description(a.oid, 'pg_authid') = 'pgcourse room learner' $$;  -- = pgcourse.room.MARKER
 
 CREATE FUNCTION pgcourse.demo_role_marker() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
@@ -32,12 +48,17 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pgcourse.create_demo_role(role_name text, password_verifier text DEFAULT NULL,
-                                          connection_limit integer DEFAULT 5) RETURNS text
+                                          connection_limit integer DEFAULT 3) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     marker text := pgcourse.demo_role_marker();
+    budget integer := pgcourse.demo_connection_budget();
     found oid;
+    owner text;
+    suffix text;
+    held bigint;
+    made bigint;
 BEGIN
     PERFORM pgcourse.check_demo_role_name(role_name);
     IF password_verifier IS NOT NULL AND (length(password_verifier) > 400 OR password_verifier !~
@@ -50,23 +71,51 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = format('permission denied: a demo role''s connection limit is 1 to 10, not %s', coalesce(connection_limit::text, 'NULL'));
     END IF;
+    owner := pgcourse.room_learner_of(session_user);
+    suffix := substring(role_name from '_([a-z0-9]+)$');
+    IF owner IS NOT NULL AND role_name !~ ('^(lesson|exercise)[0-9]{2}_[a-z0-9_]*[a-z0-9]_' || owner || '$')
+            AND role_name !~ '^exercise[0-9]{2}_[a-z]+_[0-9a-f]{4,12}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: in a room, your demo roles'' names end in _%s, not as %I does', owner, role_name),
+            HINT = format('Name it with pgcourse.roomenv.demo_role(name): %s_%s (demo roles are shared by the whole server).',
+                          role_name, owner);
+    END IF;
+    IF suffix IS DISTINCT FROM owner AND pgcourse.room_learner_of(('room_' || suffix)::name) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: %I ends in the name of the room learner %s', role_name, suffix),
+            HINT = 'Demo names ending in _<learner> belong to that room learner: choose another name.';
+    END IF;
+    -- Server-wide (pg_authid is a shared catalog), held to the end of the transaction: the budget below is
+    -- checked and spent by one session at a time. Logins only read pg_authid and are not held up.
+    LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
     SELECT oid INTO found FROM pg_authid WHERE rolname = role_name;
+    IF found IS NOT NULL AND shobj_description(found, 'pg_authid') IS DISTINCT FROM marker THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: the role %I exists and is not a demo role made by %I', role_name, session_user),
+            HINT = 'Choose another name.';
+    END IF;
+    SELECT coalesce(sum(CASE WHEN a.rolconnlimit < 0 THEN budget ELSE a.rolconnlimit END), 0), count(*)
+    INTO held, made
+    FROM pg_authid a JOIN pg_shdescription d ON d.objoid = a.oid AND d.classoid = 'pg_authid'::regclass
+    WHERE d.description = marker AND a.oid IS DISTINCT FROM found;
+    IF made >= 50 THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: %s already has 50 demo roles', session_user),
+            HINT = 'Drop some with pgcourse.drop_demo_role(name).';
+    END IF;
+    IF owner IS NOT NULL AND held + connection_limit > budget THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: your demo roles may hold %s connections together; they hold %s,'
+                             ' and %I would add %s', budget, held, role_name, connection_limit),
+            HINT = 'In a room every learner''s share of the server is counted: drop demo roles you no longer need'
+                   ' with pgcourse.drop_demo_role(name), or give a smaller connection limit.';
+    END IF;
     IF found IS NULL THEN
-        IF (SELECT count(*) FROM pg_shdescription WHERE classoid = 'pg_authid'::regclass AND description = marker) >= 50 THEN
-            RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
-                MESSAGE = format('permission denied: %s already has 50 demo roles', session_user),
-                HINT = 'Drop some with pgcourse.drop_demo_role(name).';
-        END IF;
         EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS'
                        ' CONNECTION LIMIT %s PASSWORD %L', role_name, connection_limit, password_verifier);
         EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, marker);
         EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role_name);
         RETURN 'created';
-    END IF;
-    IF shobj_description(found, 'pg_authid') IS DISTINCT FROM marker THEN
-        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
-            MESSAGE = format('permission denied: the role %I exists and is not a demo role made by %I', role_name, session_user),
-            HINT = 'Choose another name.';
     END IF;
     EXECUTE format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS'
                    ' CONNECTION LIMIT %s PASSWORD %L', role_name, connection_limit, password_verifier);
