@@ -6,6 +6,12 @@ insert into but read only their own rows of (row-level security); the instructor
   security ENABLED and FORCED: a role inserts only rows naming itself (`learner = current_user`) and reads
   only those. Roles get INSERT (no `id`, no `at`: the server sets them) and SELECT, never UPDATE, DELETE or
   TRUNCATE. The admin, a superuser, bypasses the policies: the board reads as the admin.
+- What a learner may store is bounded, since the learner writes the rows with its own code: the text columns
+  refuse control characters (CHECK `outcomes_printable`: no escape sequence or line break reaches the
+  instructor's terminal) and their lengths are capped; a role holds at most ROWS_PER_ROLE rows, counted in
+  `progress.quota` by triggers owned by the admin (a learner can neither read nor switch them off: a
+  statement that would pass the cap fails whole). Large objects cannot be created in this database.
+- The board is a teaching aid, not a grade: a learner's own code may insert "passed" rows in its own name.
 - `enroll(admin, role)` lets a role connect, record and read its own; `unenroll(admin, role)` takes that back
   (call it before DROP ROLE: the grants are objects of `course_progress`).
 - `record(...)` is what every check calls (`pgcourse.checks`): in a daemon thread, waited for at most
@@ -24,6 +30,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 from functools import cache
@@ -36,12 +43,16 @@ from psycopg.conninfo import conninfo_to_dict
 PROGRESS_DB = "course_progress"
 SCHEMA = "progress"
 TABLE = "outcomes"
-STAMP = "pgcourse progress board, schema 1"  # the database's comment: up to date when it matches
+STAMP = "pgcourse progress board, schema 2"  # the database's comment: up to date when it matches
 PROGRESS_APP = "pgcourse progress"  # application_name of the recording sessions
 RECORD_WAIT = 1.0  # seconds a check waits for its outcome to be recorded before going on without it
 OUTCOMES = ("passed", "failed", "not done", "error")
 INSERTABLE = ("learner", "database", "lesson", "exercise", "check_name", "outcome", "message")
 ROOT = Path(__file__).resolve().parents[1]
+ROWS_PER_ROLE = 2000  # a learner's checks record a row each run: 30 exercises run 60 times each fit
+# What the table refuses in its text columns (a PostgreSQL regular expression): C0 and C1 control characters
+# and DEL, the Unicode line and paragraph separators, and the bidirectional controls that reorder a line.
+REFUSED = r"[\x01-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]"
 
 _TABLE_SQL = """
 CREATE TABLE progress.outcomes (
@@ -61,7 +72,80 @@ ALTER TABLE progress.outcomes FORCE ROW LEVEL SECURITY;
 CREATE POLICY record_own ON progress.outcomes FOR INSERT WITH CHECK (learner = current_user);
 CREATE POLICY read_own ON progress.outcomes FOR SELECT USING (learner = current_user);
 REVOKE ALL ON progress.outcomes FROM PUBLIC;
+"""  # schema 1, as the first version made it: `_upgrade` brings it (and a table of that version) to today's
+
+_QUOTA_SQL = """
+CREATE TABLE progress.quota (learner name PRIMARY KEY, stored bigint NOT NULL);
+REVOKE ALL ON progress.quota FROM PUBLIC;
+INSERT INTO progress.quota SELECT learner, count(*) FROM progress.outcomes GROUP BY learner;
 """
+
+_TRIGGERS_SQL = """
+CREATE OR REPLACE FUNCTION progress.count_in() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE stored bigint;
+BEGIN
+    INSERT INTO progress.quota AS q (learner, stored) VALUES (NEW.learner, 1)
+    ON CONFLICT (learner) DO UPDATE SET stored = q.stored + 1 RETURNING q.stored INTO stored;
+    IF stored > {cap} THEN
+        RAISE EXCEPTION 'the progress board holds at most {cap} rows per role, and % has them all', NEW.learner
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION progress.count_out() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE progress.quota AS q SET stored = q.stored - g.n
+    FROM (SELECT learner, count(*) AS n FROM gone GROUP BY learner) AS g WHERE q.learner = g.learner;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION progress.count_none() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM progress.quota;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION progress.count_in(), progress.count_out(), progress.count_none() FROM PUBLIC;
+DROP TRIGGER IF EXISTS count_in ON progress.outcomes;
+CREATE TRIGGER count_in BEFORE INSERT ON progress.outcomes
+    FOR EACH ROW EXECUTE FUNCTION progress.count_in();
+DROP TRIGGER IF EXISTS count_out ON progress.outcomes;
+CREATE TRIGGER count_out AFTER DELETE ON progress.outcomes
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION progress.count_out();
+DROP TRIGGER IF EXISTS count_none ON progress.outcomes;
+CREATE TRIGGER count_none AFTER TRUNCATE ON progress.outcomes
+    FOR EACH STATEMENT EXECUTE FUNCTION progress.count_none();
+REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), lo_from_bytea(oid, bytea), lo_import(text),
+    lo_import(text, oid) FROM PUBLIC;
+"""
+
+
+def _upgrade(conn) -> None:
+    """Bring a `progress.outcomes` of schema 1 (or one already up to date: nothing changes) to schema 2, in
+    the caller's transaction: its text cleaned of control characters (each becomes U+FFFD, the length kept)
+    before the CHECK that refuses them is added, validated; the quota table counted from the rows, a role
+    over the cap (a flood stored before the cap existed) trimmed to its newest ROWS_PER_ROLE rows; the
+    triggers that keep the count."""
+    conn.execute("LOCK TABLE progress.outcomes IN SHARE ROW EXCLUSIVE MODE")  # no insert while counting
+    has = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'progress.outcomes'::regclass"
+                       " AND conname = 'outcomes_printable'").fetchone()
+    if has is None:
+        refused = sql.Literal(REFUSED)
+        conn.execute(sql.SQL("UPDATE progress.outcomes SET"
+                             " database = regexp_replace(database, {r}, U&'\\FFFD', 'g'),"
+                             " check_name = regexp_replace(check_name, {r}, U&'\\FFFD', 'g'),"
+                             " message = regexp_replace(message, {r}, U&'\\FFFD', 'g')"
+                             " WHERE database ~ {r} OR check_name ~ {r} OR message ~ {r}").format(r=refused))
+        conn.execute(sql.SQL("ALTER TABLE progress.outcomes ADD CONSTRAINT outcomes_printable CHECK"
+                             " (database !~ {r} AND check_name !~ {r} AND message !~ {r})").format(r=refused))
+    if conn.execute("SELECT to_regclass('progress.quota')").fetchone()[0] is None:
+        conn.execute(_QUOTA_SQL)
+    conn.execute(_TRIGGERS_SQL.replace("{cap}", str(ROWS_PER_ROLE)))
+    conn.execute("DELETE FROM progress.outcomes WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER"
+                 " (PARTITION BY learner ORDER BY at DESC, id DESC) AS newest FROM progress.outcomes"
+                 " WHERE learner IN (SELECT learner FROM progress.quota WHERE stored > %s)) AS o WHERE newest > %s)",
+                 (ROWS_PER_ROLE, ROWS_PER_ROLE))
 
 
 # ---- the database, its table and who may use it -------------------------------------------------------
@@ -90,6 +174,7 @@ def ensure_board(admin) -> None:
                     conn.execute("CREATE SCHEMA IF NOT EXISTS progress")
                     conn.execute("REVOKE ALL ON SCHEMA progress FROM PUBLIC")
                     conn.execute(_TABLE_SQL)
+                _upgrade(conn)  # a new table and one of an earlier version alike
                 conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(STAMP)))
         conn.execute("DELETE FROM progress.outcomes WHERE database LIKE 'nb\\_%'"
                      " AND database NOT IN (SELECT datname FROM pg_database)")
@@ -194,8 +279,8 @@ def start_recording(lesson: str, exercise: int | None, outcome: str, message: st
         source = database_url if database_url is not None else os.environ.get("DATABASE_URL", "")
         if url is None or outcome not in OUTCOMES:
             return None
-        row = {"database": database_of(source)[:63] or "?", "lesson": lesson, "exercise": exercise,
-               "check": check[:80], "outcome": outcome, "message": _one_line(message)[:500]}
+        row = {"database": printable(database_of(source))[:63] or "?", "lesson": lesson, "exercise": exercise,
+               "check": printable(check)[:80], "outcome": outcome, "message": printable(_one_line(message))[:500]}
         thread = threading.Thread(target=_insert, args=(url, row), name="pgcourse progress", daemon=True)
         _pending.add(thread)
         thread.start()
@@ -222,6 +307,19 @@ def _finish_pending(wait: float = RECORD_WAIT) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+_ESCAPED = ("Cc", "Cf", "Cs", "Zl", "Zp")  # control and format characters, surrogates, line separators
+
+
+def printable(text: str) -> str:
+    """`text` with every control or format character written as its escape (ESC as `\\x1b`, a line break as
+    `\\n`): what the board prints and what a check records, which the table's CHECK accepts."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c == " " or unicodedata.category(c) not in _ESCAPED
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # ---- the exercises, from the notebooks ---------------------------------------------------------------

@@ -3,6 +3,12 @@
 Read as the admin (a superuser: the table's policies do not apply to it), drawn as text about 100 columns
 wide, one row per learner, so that it reads on a projector at 1280x720 with a large font. `render` is a
 pure function of what was read: the `--once` rendering is what the tests compare.
+
+The rows are written by the learners' own code, so neither end trusts them: the table refuses control
+characters, and the board still prints every text it read through `board.printable` (an escape sequence or a
+line break shows as `\\x1b`, `\\n`, never acts on the instructor's terminal). It reads only what it shows,
+computed in SQL: per learner, database, lesson and exercise the latest outcome, whether it was ever passed
+and its failed runs; only the room's seats when there is a room file.
 """
 
 from __future__ import annotations
@@ -64,28 +70,46 @@ def room_seats(path: Path | None = None) -> list[Seat] | None:
     return [Seat(name, entry["role"], entry["database"]) for name, entry in sorted(learners.items())]
 
 
+_LATEST_SQL = """
+SELECT DISTINCT ON (learner, database, lesson, exercise)
+       learner::text, database, lesson, exercise, outcome, message,
+       bool_or(outcome = 'passed') OVER w, count(*) FILTER (WHERE outcome IN ('failed', 'error')) OVER w, at, id
+FROM progress.outcomes
+WHERE exercise IS NOT NULL AND database NOT LIKE 'nb\\_%%'
+  AND (%(roles)s::text[] IS NULL
+       OR (learner::text, database) IN (SELECT * FROM unnest(%(roles)s::text[], %(databases)s::text[])))
+WINDOW w AS (PARTITION BY learner, database, lesson, exercise)
+ORDER BY learner, database, lesson, exercise, at DESC, id DESC
+"""
+
+
 def read(admin, seats: list[Seat] | None = None) -> list[Seat]:
-    """Fill the seats from the table (every outcome, oldest first). Without seats: one per role and database
-    that recorded anything, the test harness's databases (`nb_...`) left out."""
+    """Fill the seats from the table: per exercise its latest outcome, whether it was ever passed and its failed
+    runs, the seat's last outcome of all. Without seats: one per role and database that recorded anything,
+    the test harness's databases (`nb_...`) left out."""
+    params = {"roles": [s.role for s in seats] if seats is not None else None,
+              "databases": [s.database for s in seats] if seats is not None else None}
     with admin.connect(board.PROGRESS_DB) as conn:
-        rows = conn.execute("SELECT learner, database, lesson, exercise, outcome, message FROM progress.outcomes"
-                            " WHERE exercise IS NOT NULL AND database NOT LIKE 'nb\\_%' ORDER BY at, id").fetchall()
+        rows = conn.execute(_LATEST_SQL, params).fetchall()
     if seats is None:
         pairs = sorted({(learner, database) for learner, database, *_ in rows})
         seats = [Seat(learner if database == "course" else f"{learner}/{database}", learner, database)
                  for learner, database in pairs]
     by_key = {(s.role, s.database): s for s in seats}
-    for learner, database, lesson, exercise, outcome, message in rows:
+    newest: dict[tuple[str, str], tuple] = {}
+    for learner, database, lesson, exercise, outcome, message, passed, failures, at, row_id in rows:
         seat = by_key.get((learner, database))
         if seat is None:
             continue
         key = (lesson, exercise)
         seat.last[key] = outcome
-        if outcome == "passed":
+        if passed:
             seat.passed.add(key)
-        elif outcome in ("failed", "error"):
-            seat.failures[key] += 1
-        seat.latest = (key, outcome, message)
+        if failures:
+            seat.failures[key] = failures
+        if (at, row_id) > newest.get((learner, database), (at, -1)):
+            newest[(learner, database)] = (at, row_id)
+            seat.latest = (key, outcome, message)
     return seats
 
 
@@ -104,21 +128,22 @@ def render(seats: list[Seat], exercises: tuple[board.Exercise, ...], width: int 
     lessons: dict[str, list[int]] = {}
     for e in exercises:
         lessons.setdefault(e.lesson, []).append(e.number)
-    titles = {(e.lesson, e.number): e.title for e in exercises}
-    name_w = max([7, *(len(s.name) for s in seats)])
+    clean = board.printable  # every text read (the database's, the room file's) printed as text, never as control
+    titles = {(e.lesson, e.number): clean(e.title) for e in exercises}
+    name_w = max([7, *(len(clean(s.name)) for s in seats)])
     name_w = min(name_w, 16)
-    columns = [(lesson, numbers, max(len(numbers), len(lesson))) for lesson, numbers in lessons.items()]
+    columns = [(lesson, numbers, max(len(numbers), len(clean(lesson)))) for lesson, numbers in lessons.items()]
     done_w = len(f"{len(exercises)}/{len(exercises)}")
-    head = (f"{'learner':<{name_w}}  " + " ".join(f"{lesson:<{w}}" for lesson, _, w in columns)
+    head = (f"{'learner':<{name_w}}  " + " ".join(f"{clean(lesson):<{w}}" for lesson, _, w in columns)
             + f"  {'done':>{done_w}}  stuck on")
     lines = [_cut(f"Progress board: {len(seats)} learner{'s' * (len(seats) != 1)}, {len(exercises)} exercises"
                   f"   ({LEGEND})", width), head]
     for seat in seats:
         grid = " ".join(f"{''.join(seat.symbol((lesson, n)) for n in numbers):<{w}}" for lesson, numbers, w in columns)
         done = f"{sum(1 for e in exercises if (e.lesson, e.number) in seat.passed)}/{len(exercises)}"
-        start = f"{_cut(seat.name, name_w):<{name_w}}  {grid}  {done:>{done_w}}  "
+        start = f"{_cut(clean(seat.name), name_w):<{name_w}}  {grid}  {done:>{done_w}}  "
         stuck = seat.stuck
-        tail = f"{_label(stuck[0])} ×{stuck[1]} {stuck[2]}" if stuck else ""
+        tail = clean(f"{_label(stuck[0])} ×{stuck[1]} {stuck[2]}") if stuck else ""
         line = (start + _cut(tail, max(0, width - len(start)))).rstrip()
         if colour:
             line = "".join(f"{COLOURS[c]}{c}\x1b[0m" if c in COLOURS and i < len(start) else c
@@ -127,8 +152,8 @@ def render(seats: list[Seat], exercises: tuple[board.Exercise, ...], width: int 
     stuck_on = Counter(s.stuck[0] for s in seats if s.stuck)
     if stuck_on:
         key, count = sorted(stuck_on.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        lines.append(_cut(f"Most stuck: {_label(key)} {titles.get(key, '')} ({count} learner{'s' * (count != 1)})",
-                          width))
+        plural = "s" * (count != 1)
+        lines.append(_cut(clean(f"Most stuck: {_label(key)} {titles.get(key, '')}") + f" ({count} learner{plural})", width))
     else:
         lines.append("Nobody is stuck.")
     return "\n".join(lines)
@@ -153,7 +178,8 @@ def show(admin, once: bool = False, interval: float = 3.0) -> None:
             try:
                 text = snapshot(admin, width=width, colour=tty)
             except psycopg.Error as exc:  # the server restarting, say: keep trying
-                text = f"The board cannot be read now ({str(exc).strip().splitlines()[0]}); trying again."
+                text = board.printable(f"The board cannot be read now ({str(exc).strip().splitlines()[0]});"
+                                       " trying again.")
             sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\nupdated {time.strftime('%H:%M:%S')},"
                              f" every {interval:g} s; Ctrl-C to stop\n")
             sys.stdout.flush()
