@@ -271,3 +271,103 @@ def test_exercises_are_read_from_the_notebooks():
     assert len(found) >= 30
     assert len({(e.lesson, e.number) for e in found}) == len(found)
     assert board.exercise_of("pooling.order_counts") == board.Exercise("03", 1, found[6].title, "pooling.order_counts")
+
+
+# ---- what a learner's own code may write: the attacker's findings (issue 19) ----------------------------
+ATTACKS = [
+    "boom\nvictim    ✗✗✗✗✗✗✗✗  0/40  copied the answers (a fake board line)",
+    "\x1b]0;PWNED\x07\x1b[2J\x1b[3J",  # the terminal's title, then clear the screen and its scrollback
+    "\x1b]52;c;ZWNobyBwd25lZA==\x07",  # OSC 52: write the instructor's clipboard
+    "\x9b2J and \u202eevil",  # an 8-bit CSI, a right-to-left override
+]
+
+
+@pytest.mark.parametrize("column", ["message", "check_name", "database"])
+@pytest.mark.parametrize("text", ATTACKS, ids=["newline", "clear", "clipboard", "c1-bidi"])
+def test_the_table_refuses_control_characters(learners, column, text):
+    with board_of(learners.urls["a"]) as a, pytest.raises(psycopg.errors.CheckViolation) as raised:
+        insert(a, **{column: text[:60]})
+    assert raised.value.diag.constraint_name == "outcomes_printable"
+
+
+def test_a_check_message_with_control_characters_still_records_as_escapes(learners, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", learners.urls["c"])
+    board.record("10", 1, "failed", "line one\nline two \x1b[2J", check="production.escapes")
+    with pytest.raises(CheckFailed):  # a real failing verdict records too
+        check.masked_url(unmasked)
+    with board_of(learners.urls["c"]) as c:
+        rows = c.execute("SELECT check_name, message FROM progress.outcomes WHERE check_name IN"
+                         " ('production.escapes', 'production.masked_url') ORDER BY id").fetchall()
+    assert ("production.escapes", "line one line two \\x1b[2J") in rows
+    assert rows[-1][0] == "production.masked_url" and WRONG in rows[-1][1]
+
+
+def test_the_board_prints_no_control_character_it_read():
+    exercises = (board.Exercise("10", 1, "mask\x1b[2J", "production.masked_url"),)
+    seat = boardview.Seat("eve\x1b]0;x\x07", "room_eve", "room_eve", last={("10", 1): "failed"})
+    seat.failures[("10", 1)] = 1
+    seat.latest = (("10", 1), "failed", ATTACKS[0] + ATTACKS[1] + ATTACKS[2] + ATTACKS[3])
+    for colour in (False, True):
+        text = boardview.render([seat], exercises, width=400, colour=colour)
+        ours = text.replace("\x1b[31m", "").replace("\x1b[0m", "") if colour else text
+        assert len(text.splitlines()) == 4  # header, column heads, eve's row, most stuck: no injected line
+        assert not any(c != "\n" and not c.isprintable() for c in ours), repr(ours)
+    assert "\\x1b]0;PWNED\\x07" in text and "\\n" in text and "\\x9b2J" in text and "\\u202e" in text
+
+
+def test_a_role_stores_at_most_rows_per_role_and_cannot_lift_the_cap(tgt, learners):
+    cap = board.ROWS_PER_ROLE
+    flood = ("INSERT INTO progress.outcomes (database, lesson, exercise, outcome, message)"
+             " SELECT 'flood', 'l' || g %% 1000, 1 + g %% 99, 'failed', md5(g::text) FROM generate_series(1, %s) g")
+    role = learners.names["b"]
+    with tgt.admin.connect(board.PROGRESS_DB) as admin:
+        stored = admin.execute("SELECT count(*) FROM progress.outcomes WHERE learner = %s", (role,)).fetchone()[0]
+    with board_of(learners.urls["b"]) as b:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            b.execute(flood, (10 * cap,))  # the whole statement fails: nothing of it is stored
+        assert b.execute("SELECT count(*) FROM progress.outcomes WHERE database = 'flood'").fetchone()[0] == 0
+        b.execute(flood, (cap - stored,))
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            insert(b, message="one more")
+        for statement in ("ALTER TABLE progress.outcomes DISABLE TRIGGER count_in",
+                          "SET session_replication_role = replica", "SELECT * FROM progress.quota",
+                          "SELECT lo_from_bytea(0, 'x')", "CREATE TEMP TABLE t (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                b.execute(statement)
+    with tgt.admin.connect(board.PROGRESS_DB) as admin:  # the admin's deletes give the room back
+        admin.execute("DELETE FROM progress.outcomes WHERE learner = %s AND database = 'flood'", (role,))
+        assert admin.execute("SELECT stored FROM progress.quota WHERE learner = %s", (role,)).fetchone()[0] == stored
+    with board_of(learners.urls["b"]) as b:
+        insert(b, message="room again")
+
+
+def test_ensure_board_upgrades_a_table_of_schema_1(tgt):
+    """The first version's table, with a row of control characters and a flood over the cap, brought up to
+    date by what ensure_board runs: the text cleaned, the CHECK added and valid, the flood trimmed."""
+    name = f"board_upgrade_{secrets.token_hex(3)}"
+    with tgt.admin.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with tgt.admin.connect(name) as conn:
+            conn.execute("CREATE SCHEMA progress")
+            conn.execute(board._TABLE_SQL)
+            conn.execute("INSERT INTO progress.outcomes (learner, database, lesson, exercise, outcome, message)"
+                         " VALUES ('eve', 'room_eve', '10', 1, 'failed', %s)", (ATTACKS[1] + "\n",))
+            conn.execute("INSERT INTO progress.outcomes (learner, database, lesson, exercise, outcome, message)"
+                         " SELECT 'mallory', 'x', 'l', 1, 'failed', g::text FROM generate_series(1, %s) g",
+                         (board.ROWS_PER_ROLE + 50,))
+            for _ in range(2):  # a second run changes nothing
+                with conn.transaction():
+                    board._upgrade(conn)
+            valid = conn.execute("SELECT convalidated FROM pg_constraint WHERE conname = 'outcomes_printable'"
+                                 " AND conrelid = 'progress.outcomes'::regclass").fetchone()[0]
+            eve = conn.execute("SELECT message FROM progress.outcomes WHERE learner = 'eve'").fetchone()[0]
+            quota = dict(conn.execute("SELECT learner::text, stored FROM progress.quota").fetchall())
+            kept = conn.execute("SELECT min(message::int), count(*) FROM progress.outcomes"
+                                " WHERE learner = 'mallory'").fetchone()
+        assert valid and eve == "\ufffd]0;PWNED\ufffd\ufffd[2J\ufffd[3J\ufffd"
+        assert quota == {"eve": 1, "mallory": board.ROWS_PER_ROLE}
+        assert kept == (51, board.ROWS_PER_ROLE)  # the newest rows
+    finally:
+        with tgt.admin.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
