@@ -305,6 +305,136 @@ def test_a_learner_cannot_touch_another_learners_roles(setup):
         assert owner.execute("SELECT pgcourse.drop_demo_role(%s)", (demo,)).fetchone() == (True,)
 
 
+def test_a_learner_cannot_take_or_squat_another_learners_demo_names(course, setup):
+    """Demo roles are server-wide: a room learner makes only names ending in its own _<name> (or an exercise
+    check's random-token name); no one else, not even the course's learner, makes one ending in a learner's."""
+    made, _, prefix = setup
+    a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
+    with connect(b.env["DATABASE_URL"]) as squatter, connect(course.database_url) as alone:
+        for conn, name in ((squatter, f"lesson01_demo_{a.name}"), (squatter, "lesson01_demo"),
+                           (squatter, f"lesson01_{b.name}"), (squatter, f"exercise02_hostile_{a.name}"),
+                           (alone, f"lesson01_demo_{a.name}")):
+            error = error_of(conn, "SELECT pgcourse.create_demo_role(%s)", (name,))
+            assert error is not None and error.sqlstate == DENIED and error.diag.message_hint, (name, error)
+    with connect(a.env["DATABASE_URL"]) as owner:
+        token = secrets.token_hex(3)
+        for name in (f"lesson01_demo_{a.name}", f"exercise02_hostile_{token}"):  # lesson 01's, exercise 02's check's
+            assert owner.execute("SELECT pgcourse.create_demo_role(%s)", (name,)).fetchone() == ("created",)
+            assert owner.execute("SELECT pgcourse.drop_demo_role(%s)", (name,)).fetchone() == (True,)
+
+
+def hold_sessions(urls: dict[str, str], at_most: int) -> tuple[dict[str, int], list[psycopg.Connection]]:
+    """Open sessions with each URL until the server refuses (as the attacker did); how many each held."""
+    held, counts = [], {}
+    for label, url in urls.items():
+        counts[label] = 0
+        for _ in range(at_most):
+            try:
+                held.append(psycopg.connect(url, autocommit=True, connect_timeout=10))
+            except psycopg.OperationalError:
+                break
+            counts[label] += 1
+    return counts, held
+
+
+def test_a_learners_demo_roles_share_a_budget_that_the_sizing_counts(setup):
+    """The attack of issue 19: every demo role at the highest limit, then every session each role can hold.
+    The budget stops the demo roles, and what one learner holds in all is what the room's sizing counts."""
+    made, _, prefix = setup
+    a = made.learners[prefix + "a"]
+    budget = provision.DEMO_CONNECTIONS
+    names = [f"lesson01_flood{i}_{a.name}" for i in range(budget // 10 + 2)]
+    held: list[psycopg.Connection] = []
+    with connect(a.env["DATABASE_URL"]) as owner:
+        try:
+            made_roles, refusal = [], None
+            for name in names:  # the highest limit each time, until refused; then what is left, once
+                verifier = owner.pgconn.encrypt_password(b"pw", name.encode(), b"scram-sha-256").decode()
+                limit = 10 if refusal is None else budget - 10 * len(made_roles)
+                if limit <= 0:
+                    break
+                error = error_of(owner, "SELECT pgcourse.create_demo_role(%s, %s, %s)", (name, verifier, limit))
+                if error is None:
+                    made_roles.append(name)
+                elif refusal is None:
+                    refusal = error
+                    error = error_of(owner, "SELECT pgcourse.create_demo_role(%s, %s, %s)",
+                                     (name, verifier, budget - 10 * len(made_roles)))
+                    assert error is None, error
+                    made_roles.append(name)
+                    break
+            assert refusal is not None and refusal.sqlstate == DENIED and "drop_demo_role" in refusal.diag.message_hint
+            assert owner.execute("SELECT sum(rolconnlimit) FROM pg_roles WHERE rolname = ANY(%s)",
+                                 (made_roles,)).fetchone()[0] == budget
+            urls = {"role": a.env["DATABASE_URL"], "limited": a.env["LIMITED_DATABASE_URL"]}
+            urls |= {n: psycopg.conninfo.make_conninfo(a.env["DATABASE_URL"], user=n, password="pw") for n in made_roles}
+            counts, held = hold_sessions(urls, 40)
+            per_learner = room.needed_connections(1, made.connection_limit, 0) - room.roomenv.ADMIN_RESERVE
+            assert 1 + sum(counts.values()) <= per_learner, (counts, per_learner)  # + the owner's session
+            assert counts["limited"] == room.roomenv.LIMITED_PER_LEARNER
+        finally:
+            for conn in held:
+                conn.close()
+            for name in names:
+                owner.execute("SELECT pgcourse.drop_demo_role(%s)", (name,))
+
+
+def test_two_sessions_cannot_both_spend_the_last_of_the_budget(setup):
+    """The budget is checked under a server-wide lock: two sessions asking for the last connections at
+    once, one gets them."""
+    import threading
+
+    made, _, prefix = setup
+    c = made.learners[prefix + "c"]
+    budget = provision.DEMO_CONNECTIONS
+    base = [f"lesson02_base{i}_{c.name}" for i in range(budget // 10)]
+    racers = [f"lesson02_race{i}_{c.name}" for i in range(2)]
+    left = budget - 10 * len(base)
+    with connect(c.env["DATABASE_URL"]) as owner, connect(c.env["DATABASE_URL"]) as one, \
+            connect(c.env["DATABASE_URL"]) as two:
+        try:
+            for name in base:
+                owner.execute("SELECT pgcourse.create_demo_role(%s, NULL, 10)", (name,))
+            one.execute("BEGIN")  # holds the lock until it commits, while the other waits
+            assert error_of(one, "SELECT pgcourse.create_demo_role(%s, NULL, %s)", (racers[0], left)) is None
+            outcome = {}
+            waiter = threading.Thread(target=lambda: outcome.update(error=error_of(
+                two, "SELECT pgcourse.create_demo_role(%s, NULL, %s)", (racers[1], left))))
+            waiter.start()
+            waiter.join(1.0)
+            assert waiter.is_alive(), "the second session waits for the first's lock"
+            one.execute("COMMIT")
+            waiter.join(30)
+            assert outcome["error"] is not None and outcome["error"].sqlstate == DENIED, outcome
+        finally:
+            for name in base + racers:
+                owner.execute("SELECT pgcourse.drop_demo_role(%s)", (name,))
+
+
+def test_a_start_brings_room_databases_tools_up_to_date(course, setup):
+    """tools.sql changed since a room was made: provision.upgrade (every start) reinstalls them there, with
+    a room learner's rights only; when they are current, nothing is done."""
+    made, _, prefix = setup
+    b = made.learners[prefix + "b"]
+    with course.admin.connect() as conn:
+        stamp = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                             (provision.TEMPLATE_DB,)).fetchone()[0]
+    with course.admin.connect(b.database) as conn:
+        conn.execute("COMMENT ON SCHEMA pgcourse IS 'pgcourse tools 000000000000, whole server'")  # an old stamp
+    with course.admin.connect(b.database) as conn:  # the tools' own number is the sizing's (EXECUTE: admin only)
+        assert conn.execute("SELECT pgcourse.demo_connection_budget()").fetchone()[0] == provision.DEMO_CONNECTIONS
+    said: list[str] = []
+    assert provision.upgrade_room_databases(course.admin, stamp.endswith("whole server"), say=said.append) >= 3
+    assert not [m for m in said if b.database in m], said  # (other rooms on the server may come and go)
+    with connect(b.env["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT obj_description('pgcourse'::regnamespace, 'pg_namespace')").fetchone()[0] == stamp
+        assert not conn.execute("SELECT bool_or(has_function_privilege(current_user, oid, 'EXECUTE')) FROM pg_proc"
+                                " WHERE proname = 'pg_stat_statements_reset'").fetchone()[0]
+        demo = f"lesson02_upgraded_{b.name}"
+        assert conn.execute("SELECT pgcourse.create_demo_role(%s)", (demo,)).fetchone() == ("created",)
+        conn.execute("SELECT pgcourse.drop_demo_role(%s)", (demo,))
+
+
 # ---- reset and drop ---------------------------------------------------------------------------------
 def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(course, setup):
     made, path, prefix = setup
@@ -328,8 +458,8 @@ def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(cours
         assert conn.execute("SELECT to_regclass('scratch')").fetchone() == (None,)
         assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'customers'").fetchone() == (
             a.role,)
-        assert conn.execute("SELECT pgcourse.create_demo_role(%s)", (f"lesson02_reset_{prefix}",)).fetchone() == ("created",)
-        conn.execute("SELECT pgcourse.drop_demo_role(%s)", (f"lesson02_reset_{prefix}",))
+        assert conn.execute("SELECT pgcourse.create_demo_role(%s)", (f"lesson02_reset_{a.name}",)).fetchone() == ("created",)
+        conn.execute("SELECT pgcourse.drop_demo_role(%s)", (f"lesson02_reset_{a.name}",))
     with pytest.raises(ServerError, match="not a learner of this room"):
         room.reset(course.admin, room.Room.load(path), prefix + "z")
 
@@ -357,7 +487,7 @@ def test_drop_leaves_no_role_or_database_behind(course, tmp_path):
                            connection_limit=LIMIT, path=path, say=quiet, cluster=NoRestart())
         x = made.learners[prefix + "x"]
         with connect(x.env["DATABASE_URL"]) as conn:  # what drop must clear: demo roles with grants, and a session
-            for demo in (f"lesson01_{prefix}", f"exercise02_{prefix}"):
+            for demo in (f"lesson01_d_{x.name}", f"exercise02_d_{x.name}"):
                 conn.execute("SELECT pgcourse.create_demo_role(%s)", (demo,))
                 conn.execute(sql.SQL("GRANT SELECT ON customers TO {}").format(sql.Identifier(demo)))
             assert len(leftovers(course.admin, prefix)) == 8
@@ -390,13 +520,25 @@ def test_the_bundled_server_grows_max_connections_only_when_it_must():
             "SHOW max_connections").fetchone()[0])
         assert show() == room.DEFAULT_MAX_CONNECTIONS
         said: list[str] = []
-        room.create(cluster.admin, ["s1"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
-                    say=said.append, cluster=cluster)
+        first = room.create(cluster.admin, ["s1"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                            say=said.append, cluster=cluster)
         pid = cluster.status().pid
         assert not any("restarting" in line for line in said) and show() == room.DEFAULT_MAX_CONNECTIONS
         said.clear()
-        grown = room.create(cluster.admin, ["s2"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
-                            connection_limit=60, say=said.append, cluster=cluster)
+        asked: list[str] = []
+        with connect(first.learners["s1"].env["DATABASE_URL"]):  # someone at work: a restart would end it
+            with pytest.raises(ServerError, match=r"ends the 1 session\(s\) open now") as refused:
+                room.create(cluster.admin, ["s2"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                            connection_limit=60, say=quiet, cluster=cluster)  # off a terminal, without restart=True
+            assert "RESTART=1" in refused.value.fix and cluster.status().pid == pid
+            assert sorted(room.Room.load(path).learners) == ["s1"], "refused before anything was made"
+            with pytest.raises(ServerError, match="Nothing was changed"):
+                room.create(cluster.admin, ["s2"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                            connection_limit=60, say=quiet, cluster=cluster, ask=lambda q: asked.append(q) or False)
+            grown = room.create(cluster.admin, ["s2"], host="127.0.0.1", port=cluster.port, kind="bundled", path=path,
+                                connection_limit=60, say=said.append, cluster=cluster,
+                                ask=lambda q: asked.append(q) or True)  # the instructor says yes
+        assert len(asked) == 2 and all("1 session(s)" in q for q in asked)
         assert grown.max_connections == room.needed_connections(2, 60) > room.DEFAULT_MAX_CONNECTIONS
         assert any("restarting" in line for line in said) and cluster.status().pid != pid
         assert show() == room.bundled_setting(grown.max_connections) >= grown.max_connections
