@@ -65,8 +65,9 @@ class Outcome:
 class ConnectionWatch:
     """Counts the server sessions of one application_name every `interval` s, in a thread."""
 
+    # Scoped to the observer's database: in a room, other databases run services of the same name.
     QUERY = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-             " AND backend_type = 'client backend'")
+             " AND datname = current_database() AND backend_type = 'client backend'")
 
     def __init__(self, database_url: str, application_name: str, interval: float = 0.01) -> None:
         self.url, self.name, self.interval = database_url, application_name, interval
