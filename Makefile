@@ -111,7 +111,7 @@ db-destroy: $(STAMP) ## stop the bundled server and delete its data: make db-des
 	@$(PY) -m pgcourse db destroy $(if $(YES),--yes)
 
 .PHONY: room-create room-reset room-drop room-list room-board
-room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=12] [RESTART=1] [ADMIN_URL=postgresql://...]
+room-create: $(STAMP) #room: create a room, or add to it: make room-create N=30 (learner01..30) or NAMES=alice,bob [LIMIT=40] [RESTART=1] [ADMIN_URL=postgresql://...]
 	@test -n "$(N)$(NAMES)" || { echo "Say who: make room-create N=30, or NAMES=alice,bob (the hub's user names)"; exit 1; }
 	@$(PY) -m pgcourse room create $(if $(NAMES),--names "$(NAMES)",--learners "$(N)") $(if $(LIMIT),--connection-limit "$(LIMIT)") $(if $(RESTART),--restart) $(if $(ADMIN_URL),--admin-url "$(ADMIN_URL)")
 
@@ -127,6 +127,10 @@ room-list: $(STAMP) #room: the room's learners, their databases, sessions now an
 
 room-board: $(STAMP) #room: the progress board, refreshed live (ONCE=1 prints it once)
 	@$(PY) -m pgcourse room board $(if $(ONCE),--once)
+
+.PHONY: bench-room
+bench-room: $(STAMP) #: a room of 30 on a bundled server of its own, lessons 00 and 03 in 30 kernels at once: failures (those others caused first), peak sessions, time against alone (ARGS='--learners 10 --notebooks 00_welcome,03a_connection_pooling')
+	$(PY) benchmarks/room.py $(ARGS)
 
 docker-up: ## run the course in Docker: PostgreSQL 18 and JupyterLab on http://127.0.0.1:8888 (needs Docker Compose)
 	@sh docker/new-env.sh

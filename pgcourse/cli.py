@@ -228,6 +228,12 @@ def cmd_room_create(args) -> None:
         names = [f"learner{i:0{width}d}" for i in range(1, args.learners + 1)]
     if not args.names and not 1 <= args.learners <= 999:
         raise CourseError(f"A room of {args.learners} learners?", "give --learners 1 to 999")
+    from .roomenv import MIN_CONNECTION_LIMIT
+
+    if args.connection_limit is not None and args.connection_limit < MIN_CONNECTION_LIMIT:
+        print(f"Note: a limit of {args.connection_limit} is below {MIN_CONNECTION_LIMIT}, the most connections a lesson"
+              " that does not adapt to the room holds at once (07a): that lesson will fail with 'too many connections"
+              " for role'. Lesson 03a sends fewer requests and says so.")
     path = room.room_file()
     existing = room.Room.load(path).server if path.exists() else None
     admin, server = _room_admin(args, existing if not args.admin_url else None)
