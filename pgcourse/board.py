@@ -123,8 +123,9 @@ REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), lo_from_bytea(oid,
 
 def _upgrade(conn) -> None:
     """Bring a `progress.outcomes` of schema 1 (or one already up to date: nothing changes) to schema 2, in
-    the caller's transaction: its text cleaned of control characters (each becomes U+FFFD, the length kept)
-    before the CHECK that refuses them is added, validated; the quota table counted from the rows, a role
+    the caller's transaction: its text cleaned of control characters (each becomes U+FFFD, or `?` in a board
+    database that is not UTF8, as an earlier version made on a SQL_ASCII server; the length kept) before the
+    CHECK that refuses them is added, validated; the quota table counted from the rows, a role
     over the cap (a flood stored before the cap existed) trimmed to its newest ROWS_PER_ROLE rows; the
     triggers that keep the count."""
     conn.execute("LOCK TABLE progress.outcomes IN SHARE ROW EXCLUSIVE MODE")  # no insert while counting
@@ -132,11 +133,13 @@ def _upgrade(conn) -> None:
                        " AND conname = 'outcomes_printable'").fetchone()
     if has is None:
         refused = sql.Literal(REFUSED)
+        utf8 = conn.execute("SELECT getdatabaseencoding() = 'UTF8'").fetchone()[0]  # U&'\\FFFD' fails elsewhere
+        mark = sql.SQL("U&'\\FFFD'") if utf8 else sql.Literal("?")
         conn.execute(sql.SQL("UPDATE progress.outcomes SET"
-                             " database = regexp_replace(database, {r}, U&'\\FFFD', 'g'),"
-                             " check_name = regexp_replace(check_name, {r}, U&'\\FFFD', 'g'),"
-                             " message = regexp_replace(message, {r}, U&'\\FFFD', 'g')"
-                             " WHERE database ~ {r} OR check_name ~ {r} OR message ~ {r}").format(r=refused))
+                             " database = regexp_replace(database, {r}, {m}, 'g'),"
+                             " check_name = regexp_replace(check_name, {r}, {m}, 'g'),"
+                             " message = regexp_replace(message, {r}, {m}, 'g')"
+                             " WHERE database ~ {r} OR check_name ~ {r} OR message ~ {r}").format(r=refused, m=mark))
         conn.execute(sql.SQL("ALTER TABLE progress.outcomes ADD CONSTRAINT outcomes_printable CHECK"
                              " (database !~ {r} AND check_name !~ {r} AND message !~ {r})").format(r=refused))
     if conn.execute("SELECT to_regclass('progress.quota')").fetchone()[0] is None:
@@ -153,14 +156,26 @@ def ensure_board(admin) -> None:
     """Create (or bring up to date) the progress database, its schema, table and policies.
 
     Cheap when up to date (it runs at every server start): one query on `postgres`, one DELETE of the rows
-    of the test harness's databases that are gone (`nb_...`), so test runs do not pile rows up."""
+    of the test harness's databases that are gone (`nb_...`), so test runs do not pile rows up.
+
+    The database is UTF8 whatever the server's default (a server made with `initdb --no-locale` makes
+    SQL_ASCII databases, where the board's text and its checks do not work); one that is not UTF8 and holds
+    no outcome (left by an earlier version that failed there) is dropped and made again."""
     db = sql.Identifier(PROGRESS_DB)
     with admin.connect() as conn:
-        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                           (PROGRESS_DB,)).fetchone()
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database'), pg_encoding_to_char(encoding) = 'UTF8'"
+                           " FROM pg_database WHERE datname = %s", (PROGRESS_DB,)).fetchone()
+        if row is not None and not row[1] and _holds_nothing(admin):
+            try:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(db))
+                row = None
+            except psycopg.errors.InvalidCatalogName:  # another process dropped it a moment ago
+                row = None
+            except psycopg.errors.ObjectInUse:  # someone is in it: kept as it is this time
+                pass
         if row is None:
             try:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(db))
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(db))
             except psycopg.errors.DuplicateDatabase:  # another process made it a moment ago
                 pass
         fresh = row is None or row[0] != STAMP
@@ -178,6 +193,16 @@ def ensure_board(admin) -> None:
                 conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(STAMP)))
         conn.execute("DELETE FROM progress.outcomes WHERE database LIKE 'nb\\_%'"
                      " AND database NOT IN (SELECT datname FROM pg_database)")
+
+
+def _holds_nothing(admin) -> bool:
+    """Whether the board's database has no outcome recorded (no table, or an empty one)."""
+    try:
+        with admin.connect(PROGRESS_DB) as conn:
+            return conn.execute("SELECT to_regclass('progress.outcomes') IS NULL"
+                                " OR NOT EXISTS (SELECT FROM progress.outcomes)").fetchone()[0]
+    except psycopg.OperationalError:  # gone meanwhile
+        return True
 
 
 def enroll(admin, role: str) -> None:

@@ -371,3 +371,41 @@ def test_ensure_board_upgrades_a_table_of_schema_1(tgt):
     finally:
         with tgt.admin.connect() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_the_board_database_is_utf8_on_a_sql_ascii_server():
+    """A server made with `initdb --no-locale` (its databases SQL_ASCII, as a learner's own server may be):
+    a SQL_ASCII board holding rows (an earlier version's) is kept and upgraded, `?` standing for a control
+    character; once it holds none it is made again in UTF8, where any text records and reads back."""
+    from tests.test_escape import plain_server
+
+    admin_url, stop = plain_server(None)
+    admin = provision.Admin(admin_url)
+    db = sql.Identifier(board.PROGRESS_DB)
+    encoding = "SELECT oid, pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'course_progress'"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(db))  # the server's default: SQL_ASCII
+        with admin.connect(board.PROGRESS_DB) as conn:
+            conn.execute("CREATE SCHEMA progress")
+            conn.execute(board._TABLE_SQL)
+            insert(conn, learner="eve", message="a\x1b[2Jb")
+        board.ensure_board(admin)
+        with admin.connect() as conn:
+            assert conn.execute(encoding).fetchone()[1] == "SQL_ASCII"  # rows in it: kept
+        with admin.connect(board.PROGRESS_DB) as conn:
+            assert conn.execute("SELECT message FROM progress.outcomes").fetchall() == [("a?[2Jb",)]
+            conn.execute("DELETE FROM progress.outcomes")
+        board.ensure_board(admin)
+        with admin.connect() as conn:
+            oid, name = conn.execute(encoding).fetchone()
+        assert name == "UTF8"
+        text = "café — ✓ ünïcödé"
+        with admin.connect(board.PROGRESS_DB) as conn:
+            insert(conn, learner="eve", message=text)
+            assert conn.execute("SELECT message FROM progress.outcomes").fetchall() == [(text,)]
+        board.ensure_board(admin)  # up to date: nothing made again
+        with admin.connect() as conn:
+            assert conn.execute(encoding).fetchone() == (oid, "UTF8")
+    finally:
+        stop()
