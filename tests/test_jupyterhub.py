@@ -5,7 +5,10 @@ from the npm registry (pinned in tools/hub-proxy/, installed into .hub/ by tools
 configuration is docs/jupyterhub_config.py, the one docs/jupyterhub.md tells a deployer to use; the test
 only adds what a test needs: a local process spawner that needs no system users, the dummy
 authenticator, free ports on 127.0.0.1, and an admin token for the REST API. Three learners get a room
-made with `pgcourse.room.create`; a fourth user is not in it and is refused a server.
+made with `pgcourse.room.create`; a fourth user is not in it and is refused a server. Three learners need
+more connections than a fresh course server allows (room.needed_connections), so the room lives on the
+tests' scratch bundled server (`room_server` in tests/conftest.py), which room.create may grow and
+restart: the learners' servers connect there, with the URLs of its room file.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ import psutil
 import pytest
 import websocket
 
-from pgcourse import room, target
+from pgcourse import room
 from pgcourse.server import ROOT
 
 HUB_CONFIG = ROOT / "docs" / "jupyterhub_config.py"
 PROXY_SCRIPT = ROOT / "tools" / "hub-proxy.sh"
 BIN = Path(sys.executable).parent  # the course's venv: jupyterhub, jupyterhub-singleuser
 LEARNERS = 3
-CONNECTION_LIMIT = 5  # 3 x (5 + limited 5) + reserve: far below max_connections, so no restart of the server
+CONNECTION_LIMIT = 5  # per learner role: with its limited role and its demo budget, room.needed_connections
 # Seconds the hub may take to answer and to have every learner's server up (each kernel then has 90 s).
 # The run costs about 40 s of CPU (the hub, 3 servers and 3 kernels each start a Python): it took 57 s
 # beside other suites at a load of 10 on 2 cores, 245 s at a load of 26. The bound fails a hang, not a
@@ -44,15 +47,6 @@ CONNECTION_LIMIT = 5  # 3 x (5 + limited 5) + reserve: far below max_connections
 DEADLINE = 300
 
 pytestmark = pytest.mark.timeout(600)
-
-
-class NoRestart:
-    """Stands in for the course server in room.create: this test never restarts the shared server."""
-
-    def stop(self):
-        raise AssertionError("room.create would restart the course server")
-
-    start = stop
 
 
 def free_port() -> int:
@@ -248,21 +242,23 @@ def environment_check() -> str:
 
 
 @pytest.fixture
-def room_of_three(tmp_path):
-    """Three learners with unique names made by pgcourse.room.create in a room file of the test's own;
-    dropped afterwards (roles and databases), also when the test fails."""
-    tgt = target.load(say=lambda *_: None)
-    where = urlsplit(tgt.database_url)
+def room_of_three(room_server):
+    """Three learners with unique names made by pgcourse.room.create on the scratch server, in the room
+    file its starts read (a restart to grow it keeps the room's max_connections); dropped afterwards
+    (roles and databases), also when the test fails."""
+    admin = room_server.target.admin
     tag = secrets.token_hex(3)
     names = [f"hub{tag}{i}" for i in range(1, LEARNERS + 1)]
-    path = tmp_path / "room" / "room.json"
+    path = room_server.room_file
+    assert not path.exists(), f"another test left a room on the scratch server: {path}"
     try:
-        made = room.create(tgt.admin, names, host=where.hostname, port=where.port, kind=tgt.kind,
-                           connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path, cluster=NoRestart())
+        made = room.create(admin, names, host="127.0.0.1", port=room_server.port, kind="bundled",
+                           connection_limit=CONNECTION_LIMIT, say=lambda *_: None, path=path,
+                           cluster=room_server.cluster, restart=True)
         yield made, path, f"hub{tag}x"
     finally:  # also after a create that failed half-way: the room file lists whom it made
         if path.exists():
-            room.drop(tgt.admin, room.Room.load(path), say=lambda *_: None, path=path)
+            room.drop(admin, room.Room.load(path), say=lambda *_: None, path=path)
 
 
 def test_hub_gives_each_learner_their_database(tmp_path, room_of_three):

@@ -1,17 +1,20 @@
-"""A room on the course server: create, list, reset and drop with real roles, and room learners kept apart.
+"""A room: create, list, reset and drop with real roles, and room learners kept apart.
 
 A room of three learners with names unique to this run (parallel runs and leftovers do not collide),
-its room file in a temporary folder (never the checkout's .room/room.json), dropped at the end even
-on failure. Each cross-learner attempt must fail the way PostgreSQL refuses it (SQLSTATE 42501, or
+dropped at the end even on failure. Three learners need more connections than a fresh course server
+allows (room.needed_connections counts each one's role, limited role and demo budget), so that room
+lives on the tests' scratch bundled server (`room_server` in tests/conftest.py), which room.create may
+grow and restart; its room file is that server's own (never the checkout's .room/room.json). A room
+that fits (two learners) is made and dropped on the course server itself, which is never restarted
+here. Each cross-learner attempt must fail the way PostgreSQL refuses it (SQLSTATE 42501, or
 `<insufficient privilege>` in a statistics view). The sizing of the bundled server is shown on a
-scratch server of its own (the course server is never restarted here).
+scratch server of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -33,7 +36,7 @@ DENIED = "42501"  # insufficient_privilege
 HIDDEN = "<insufficient privilege>"
 
 
-LIMIT = 4  # connections per learner here: a room this small fits the course server's max_connections
+LIMIT = 4  # connections per learner here: two learners fit a fresh course server (room.needed_connections), three do not
 
 
 def quiet(*_):
@@ -75,19 +78,29 @@ def course():
 
 
 @pytest.fixture(scope="module")
-def setup(course, tmp_path_factory):
-    """(room, path, prefix): three learners <prefix>a, <prefix>b, <prefix>c."""
+def server(room_server):
+    """The server the room of three lives on, as target.load gives the course's: the scratch server."""
+    return room_server.target
+
+
+@pytest.fixture(scope="module")
+def setup(room_server, server):
+    """(room, path, prefix): three learners <prefix>a, <prefix>b, <prefix>c on the scratch server, in the
+    room file its starts read (so the max_connections the room grows it to survives a restart)."""
     prefix = "t" + secrets.token_hex(4)
-    path = tmp_path_factory.mktemp("room") / ".room" / "room.json"
-    port = psycopg.conninfo.conninfo_to_dict(course.database_url)["port"]
+    path = room_server.room_file
+    assert not path.exists(), f"another test left a room on the scratch server: {path}"
     try:
-        made = room.create(course.admin, [prefix + s for s in "abc"], host="127.0.0.1", port=int(port),
-                           kind=course.kind, connection_limit=LIMIT, path=path, say=quiet, cluster=NoRestart())
+        made = room.create(server.admin, [prefix + s for s in "abc"], host="127.0.0.1", port=room_server.port,
+                           kind="bundled", connection_limit=LIMIT, path=path, say=quiet, cluster=room_server.cluster,
+                           restart=True)
+        with server.admin.connect() as conn:  # grown (restarted) as the room needs: every learner's share fits
+            assert int(conn.execute("SHOW max_connections").fetchone()[0]) >= made.max_connections
         yield made, path, prefix
     finally:
         if path.exists():
-            room.drop(course.admin, room.Room.load(path), path=path, say=quiet)
-        sweep(course.admin, prefix)
+            room.drop(server.admin, room.Room.load(path), path=path, say=quiet)
+        sweep(server.admin, prefix)
 
 
 def connect(url: str, dbname: str | None = None, **kwargs) -> psycopg.Connection:
@@ -138,11 +151,12 @@ def test_the_room_file_holds_working_urls(setup):
                 entry["limited_role"], entry["database"])
 
 
-def test_create_again_keeps_passwords_and_adds_learners(course, setup):
+def test_create_again_keeps_passwords_and_adds_learners(room_server, server, setup):
     made, path, prefix = setup
     before = json.loads(path.read_text())["learners"]
-    again = room.create(course.admin, [prefix + "a", prefix + "d"], host=made.server["host"],
-                        port=made.server["port"], kind=made.server["kind"], path=path, say=quiet, cluster=NoRestart())
+    again = room.create(server.admin, [prefix + "a", prefix + "d"], host=made.server["host"],
+                        port=made.server["port"], kind=made.server["kind"], path=path, say=quiet,
+                        cluster=room_server.cluster, restart=True)
     try:
         after = json.loads(path.read_text())["learners"]
         assert sorted(after) == [prefix + s for s in "abcd"]
@@ -151,30 +165,30 @@ def test_create_again_keeps_passwords_and_adds_learners(course, setup):
         with connect(again.learners[prefix + "d"].env["DATABASE_URL"]) as conn:
             assert conn.execute("SELECT current_user").fetchone()[0] == f"room_{prefix}d"
     finally:
-        assert room.drop(course.admin, again, [prefix + "d"], path=path, say=quiet) == [prefix + "d"]
+        assert room.drop(server.admin, again, [prefix + "d"], path=path, say=quiet) == [prefix + "d"]
     assert sorted(room.Room.load(path).learners) == [prefix + s for s in "abc"]
-    assert leftovers(course.admin, prefix + "d") == []
+    assert leftovers(server.admin, prefix + "d") == []
 
 
-def test_listing_says_who_exists_and_is_connected(course, setup):
+def test_listing_says_who_exists_and_is_connected(server, setup):
     made, path, prefix = setup
     with connect(made.learners[prefix + "b"].env["DATABASE_URL"]), connect(made.learners[prefix + "b"].env["DATABASE_URL"]):
-        rows = room.listing(course.admin, room.Room.load(path))
+        rows = room.listing(server.admin, room.Room.load(path))
     assert [(r["name"], r["role"], r["database"], r["exists"], r["limit"]) for r in rows] == [
         (prefix + s, f"room_{prefix}{s}", f"room_{prefix}{s}", True, LIMIT) for s in "abc"]
     assert {r["name"]: r["sessions"] for r in rows}[prefix + "b"] == 2
 
 
-def test_bad_names_and_impossible_servers_are_refused(course, setup, tmp_path):
-    made, _, _ = setup
+def test_bad_names_and_impossible_servers_are_refused(course, tmp_path):
+    port = int(psycopg.conninfo.conninfo_to_dict(course.database_url)["port"])
     for bad in ("Alice", "1abc", "a" * 17, "a-b", "a b", "a'b", "", "room_x"):
         assert not room.valid_name(bad)
         with pytest.raises(ServerError, match="not a learner name"):
-            room.create(course.admin, [bad], host="127.0.0.1", port=made.server["port"], kind="bundled",
+            room.create(course.admin, [bad], host="127.0.0.1", port=port, kind="bundled",
                         path=tmp_path / "bad.json", say=quiet)
     assert room.valid_name("learner01") and room.valid_name("a") and room.valid_name("abcdefghijklmnop")
     with pytest.raises(ServerError, match="needs") as refused:  # as on an external server with too few connections
-        room.create(course.admin, ["x", "y", "z"], host="127.0.0.1", port=made.server["port"], kind="external",
+        room.create(course.admin, ["x", "y", "z"], host="127.0.0.1", port=port, kind="external",
                     connection_limit=1000, path=tmp_path / "big.json", say=quiet)
     assert "ALTER SYSTEM SET max_connections = 3" in refused.value.fix and "restart" in refused.value.fix
     assert not (tmp_path / "big.json").exists()
@@ -215,9 +229,9 @@ def test_a_room_learner_holds_exactly_its_rights(setup):
                             (provision.LEARNER,)).fetchone() == (False, False)
 
 
-def test_the_course_learner_cannot_reach_a_room_database(course, setup):
-    made, _, prefix = setup
-    assert connect_sqlstate(provision.with_dbname(course.database_url, made.learners[prefix + "a"].database)) == DENIED
+def test_the_course_learner_cannot_reach_a_room_database(server, setup):
+    made, _, prefix = setup  # the course's learner role on the room's server
+    assert connect_sqlstate(provision.with_dbname(server.database_url, made.learners[prefix + "a"].database)) == DENIED
 
 
 def test_a_room_learner_sees_its_own_limited_sessions_queries(setup):
@@ -230,7 +244,7 @@ def test_a_room_learner_sees_its_own_limited_sessions_queries(setup):
 
 
 # ---- learners kept apart --------------------------------------------------------------------------
-def test_a_learner_cannot_connect_to_another_learners_database(course, setup):
+def test_a_learner_cannot_connect_to_another_learners_database(setup):
     made, _, prefix = setup
     a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
     for url in (a.env["DATABASE_URL"], a.env["LIMITED_DATABASE_URL"]):
@@ -305,12 +319,12 @@ def test_a_learner_cannot_touch_another_learners_roles(setup):
         assert owner.execute("SELECT pgcourse.drop_demo_role(%s)", (demo,)).fetchone() == (True,)
 
 
-def test_a_learner_cannot_take_or_squat_another_learners_demo_names(course, setup):
+def test_a_learner_cannot_take_or_squat_another_learners_demo_names(server, setup):
     """Demo roles are server-wide: a room learner makes only names ending in its own _<name> (or an exercise
     check's random-token name); no one else, not even the course's learner, makes one ending in a learner's."""
     made, _, prefix = setup
     a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
-    with connect(b.env["DATABASE_URL"]) as squatter, connect(course.database_url) as alone:
+    with connect(b.env["DATABASE_URL"]) as squatter, connect(server.database_url) as alone:
         for conn, name in ((squatter, f"lesson01_demo_{a.name}"), (squatter, "lesson01_demo"),
                            (squatter, f"lesson01_{b.name}"), (squatter, f"exercise02_hostile_{a.name}"),
                            (alone, f"lesson01_demo_{a.name}")):
@@ -411,20 +425,20 @@ def test_two_sessions_cannot_both_spend_the_last_of_the_budget(setup):
                 owner.execute("SELECT pgcourse.drop_demo_role(%s)", (name,))
 
 
-def test_a_start_brings_room_databases_tools_up_to_date(course, setup):
+def test_a_start_brings_room_databases_tools_up_to_date(server, setup):
     """tools.sql changed since a room was made: provision.upgrade (every start) reinstalls them there, with
     a room learner's rights only; when they are current, nothing is done."""
     made, _, prefix = setup
     b = made.learners[prefix + "b"]
-    with course.admin.connect() as conn:
+    with server.admin.connect() as conn:
         stamp = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                              (provision.TEMPLATE_DB,)).fetchone()[0]
-    with course.admin.connect(b.database) as conn:
+    with server.admin.connect(b.database) as conn:
         conn.execute("COMMENT ON SCHEMA pgcourse IS 'pgcourse tools 000000000000, whole server'")  # an old stamp
-    with course.admin.connect(b.database) as conn:  # the tools' own number is the sizing's (EXECUTE: admin only)
+    with server.admin.connect(b.database) as conn:  # the tools' own number is the sizing's (EXECUTE: admin only)
         assert conn.execute("SELECT pgcourse.demo_connection_budget()").fetchone()[0] == provision.DEMO_CONNECTIONS
     said: list[str] = []
-    assert provision.upgrade_room_databases(course.admin, stamp.endswith("whole server"), say=said.append) >= 3
+    assert provision.upgrade_room_databases(server.admin, stamp.endswith("whole server"), say=said.append) >= 3
     assert not [m for m in said if b.database in m], said  # (other rooms on the server may come and go)
     with connect(b.env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT obj_description('pgcourse'::regnamespace, 'pg_namespace')").fetchone()[0] == stamp
@@ -436,7 +450,7 @@ def test_a_start_brings_room_databases_tools_up_to_date(course, setup):
 
 
 # ---- reset and drop ---------------------------------------------------------------------------------
-def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(course, setup):
+def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(server, setup):
     made, path, prefix = setup
     a, b = made.learners[prefix + "a"], made.learners[prefix + "b"]
     with connect(a.env["DATABASE_URL"]) as conn:
@@ -444,7 +458,7 @@ def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(cours
     bystander, other = connect(b.env["DATABASE_URL"]), connect(b.env["LIMITED_DATABASE_URL"])
     victim, victim_limited = connect(a.env["DATABASE_URL"]), connect(a.env["LIMITED_DATABASE_URL"])
     try:
-        ended = room.reset(course.admin, room.Room.load(path), prefix + "a")
+        ended = room.reset(server.admin, room.Room.load(path), prefix + "a")
         assert sorted(s.pid for s in ended) == sorted([victim.info.backend_pid, victim_limited.info.backend_pid])
         assert {s.user for s in ended} == {a.role, a.limited_role}
         for conn in (victim, victim_limited):
@@ -461,12 +475,12 @@ def test_reset_recreates_one_database_and_ends_only_that_learners_sessions(cours
         assert conn.execute("SELECT pgcourse.create_demo_role(%s)", (f"lesson02_reset_{a.name}",)).fetchone() == ("created",)
         conn.execute("SELECT pgcourse.drop_demo_role(%s)", (f"lesson02_reset_{a.name}",))
     with pytest.raises(ServerError, match="not a learner of this room"):
-        room.reset(course.admin, room.Room.load(path), prefix + "z")
+        room.reset(server.admin, room.Room.load(path), prefix + "z")
 
 
-def test_the_cli_lists_and_refuses_to_drop_without_asking(setup):
+def test_the_cli_lists_and_refuses_to_drop_without_asking(room_server, setup):
     made, path, prefix = setup
-    env = {**os.environ, "PGCOURSE_ROOM_FILE": str(path)}
+    env = room_server.cli_env(path)  # the command's course server is the scratch one
     listed = subprocess.run([sys.executable, "-m", "pgcourse", "room", "list"], capture_output=True, text=True,
                             env=env, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=120)
     assert listed.returncode == 0, listed.stderr
@@ -479,6 +493,7 @@ def test_the_cli_lists_and_refuses_to_drop_without_asking(setup):
 
 
 def test_drop_leaves_no_role_or_database_behind(course, tmp_path):
+    """On the course server: a room of two fits it, so it is never restarted (NoRestart)."""
     prefix = "t" + secrets.token_hex(4)
     path = tmp_path / ".room" / "room.json"
     port = int(psycopg.conninfo.conninfo_to_dict(course.database_url)["port"])
