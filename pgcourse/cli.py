@@ -73,19 +73,25 @@ def cmd_status(args) -> None:
             print(f"DATABASE_URL does not connect: {exc.message}\nFix: run `make db-start` (it repairs .env).")
 
 
+def _say_ended(ended: list, whose: str, reconnect: str, none: str) -> None:
+    """Name the sessions a reset ended (or say that none was connected)."""
+    if not ended:
+        print(none)
+        return
+    print(f"Ended {len(ended)} session(s) {whose}:")
+    for session in ended:
+        print(f"  {session}")
+    print(f"{reconnect}: rerun them from the top.")
+
+
 def cmd_reset(args) -> None:
     tgt = target.load(start=False)
     started = time.perf_counter()
     ended = provision.clone(tgt.admin, provision.COURSE_DB)
     print(f"Recreated the database {provision.COURSE_DB!r} from {provision.TEMPLATE_DB!r}"
           f" in {time.perf_counter() - started:.2f} s.")
-    if ended:
-        print(f"Ended {len(ended)} session(s) that were connected to it:")
-        for session in ended:
-            print(f"  {session}")
-        print("Notebooks that were connected must reconnect: rerun them from the top.")
-    else:
-        print("No session was connected to it.")
+    _say_ended(ended, "that were connected to it", "Notebooks that were connected must reconnect",
+               "No session was connected to it.")
 
 
 def cmd_url(args) -> None:
@@ -257,13 +263,8 @@ def cmd_room_reset(args) -> None:
     ended = room.reset(admin, loaded, args.name)
     learner = loaded.learners[args.name]
     print(f"Recreated {learner.database!r} from {provision.TEMPLATE_DB!r} in {time.perf_counter() - started:.2f} s.")
-    if ended:
-        print(f"Ended {len(ended)} session(s) of {args.name}:")
-        for session in ended:
-            print(f"  {session}")
-        print("Their notebooks must reconnect: rerun them from the top.")
-    else:
-        print(f"No session of {args.name} was connected to it.")
+    _say_ended(ended, f"of {args.name}", "Their notebooks must reconnect",
+               f"No session of {args.name} was connected to it.")
 
 
 def cmd_room_drop(args) -> None:
