@@ -83,10 +83,12 @@ class Cluster:
     # ---- where things live -------------------------------------------------------------
     def _state_dir(self) -> Path:
         """.pgdata in the checkout, or under the service user's home if it cannot reach the checkout."""
-        inside = self.base / os.environ.get("PGCOURSE_STATE", ".pgdata")
-        if self.user is None or osuser.can_reach(self.user, self.base):
+        inside = self.base / os.environ.get("PGCOURSE_STATE", ".pgdata")  # an absolute PGCOURSE_STATE stands as is
+        if self.user is None or osuser.can_reach(self.user, inside.parent):
             return inside
-        digest = hashlib.sha1(str(self.base).encode()).hexdigest()[:10]
+        # The checkout's own .pgdata keeps the place it always had; another state folder gets its own.
+        key = self.base if inside == self.base / ".pgdata" else inside
+        digest = hashlib.sha1(str(key).encode()).hexdigest()[:10]
         self.moved_out = True
         return Path(self.user.pw_dir) / "clusters" / f"{self.base.name}-{digest}"
 
