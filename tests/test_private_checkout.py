@@ -48,3 +48,30 @@ def test_server_paths_pass_in_a_checkout_others_cannot_enter():
         assert probe.count(str(private)) == 2, f"the run did not use the private copies: {probe}"
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_an_absolute_state_folder_is_used_as_given_in_a_checkout_others_cannot_enter(monkeypatch):
+    """A command pointed at another server by an absolute PGCOURSE_STATE (the room tests' CLI, at their scratch
+    server) must reach that server, not the checkout's moved-out one (which it once took, with the other
+    server's .env, and reset the learner's password there)."""
+    from pgcourse import osuser
+    from pgcourse.server import Cluster
+
+    private = Path(tempfile.mkdtemp(prefix="pgcourse-private-"))  # mode 700
+    elsewhere = Path(tempfile.mkdtemp(prefix="pgcourse-state-"))
+    elsewhere.chmod(0o755)
+    try:
+        monkeypatch.delenv("PGCOURSE_STATE", raising=False)
+        own = Cluster(private, say=lambda *_: None)
+        monkeypatch.setenv("PGCOURSE_STATE", str(elsewhere / ".pgdata"))
+        pointed = Cluster(private, say=lambda *_: None)
+        assert pointed.state == elsewhere / ".pgdata" and not pointed.moved_out
+        if osuser.is_root():  # the service user cannot enter `private`: its own .pgdata moves out, as before
+            assert own.moved_out and own.state.name.startswith(private.name + "-")
+        monkeypatch.setenv("PGCOURSE_STATE", ".pgdata-other")
+        other = Cluster(private, say=lambda *_: None)
+        if osuser.is_root():  # another state folder of that checkout gets a place of its own
+            assert other.moved_out and other.state != own.state
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
