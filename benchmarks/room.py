@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -124,7 +123,7 @@ def learner_env(place: Place, learner: rooms.Learner) -> dict[str, str]:
 
 
 # ---- what the server and the machine do meanwhile ------------------------------------------------------
-class ConnectionCounter:
+class ConnectionCounter(footprint.Poller):
     """Counts client sessions every POLL seconds: the server's total, and each learner's (role + limited)."""
 
     QUERY = ("SELECT coalesce(usename, ''), count(*) FROM pg_stat_activity"
@@ -139,8 +138,7 @@ class ConnectionCounter:
         self.total = self.unknown = 0  # unknown: sessions with no role yet (authenticating) or no longer
         self.per_learner: dict[str, dict[str, int]] = {name: {"both": 0, "role": 0, "limited": 0} for name in learners}
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="connection-counter", daemon=True)
+        super().__init__(POLL, "connection-counter")
 
     def sample(self) -> None:
         rows = self.conn.execute(self.QUERY).fetchall()
@@ -157,17 +155,8 @@ class ConnectionCounter:
             peak["both"] = max(peak["both"], counts["role"] + counts["limited"])
         self.samples += 1
 
-    def _run(self) -> None:
-        while not self._stop.wait(POLL):
-            self.sample()
-
-    def __enter__(self) -> ConnectionCounter:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.conn.close()
 
 
@@ -185,14 +174,13 @@ def cpu_seconds(pid: int | None) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-class MemorySampler:
+class MemorySampler(footprint.Poller):
     """Peak PSS (summed at one instant) of this process's kernels, and of the server's processes."""
 
     def __init__(self, postmaster: int | None):
         self.postmaster = postmaster
         self.kernels = self.server = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+        super().__init__(MEMORY_POLL, "pss-sampler")
 
     def sample(self) -> None:
         server = ({self.postmaster} | footprint.descendants(self.postmaster)) if self.postmaster else set()
@@ -200,17 +188,6 @@ class MemorySampler:
         self.kernels = max(self.kernels, sum(footprint.pss_bytes(pid) for pid in kernels))
         self.server = max(self.server, sum(footprint.pss_bytes(pid) for pid in server))
 
-    def _run(self) -> None:
-        while not self._stop.wait(MEMORY_POLL):
-            self.sample()
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---- running the notebooks -----------------------------------------------------------------------------

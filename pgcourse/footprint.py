@@ -90,14 +90,37 @@ class Peaks:
     server_seen: bool = True
 
 
-class Sampler:
+class Poller:
+    """Calls `sample()` every `interval` seconds in a daemon thread, from the start of a `with` block to its end."""
+
+    def __init__(self, interval: float, name: str = "poller"):
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Sampler(Poller):
     """Samples the PSS of the processes below `root` and of the server every INTERVAL seconds, in a thread."""
 
     def __init__(self, root: int, server: ServerProcesses | None, interval: float = INTERVAL):
-        self.root, self.server, self.interval = root, server, interval
+        super().__init__(interval, "pss-sampler")
+        self.root, self.server = root, server
         self.peaks = Peaks(server_seen=server is not None and server.postmaster is not None)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
 
     def sample(self) -> None:
         kernel = sum(pss_bytes(pid) for pid in descendants(self.root))
@@ -105,18 +128,6 @@ class Sampler:
         peaks = self.peaks
         peaks.kernel, peaks.server = max(peaks.kernel, kernel), max(peaks.server, server)
         peaks.total, peaks.samples = max(peaks.total, kernel + server), peaks.samples + 1
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
