@@ -15,38 +15,59 @@ import pandas as pd
 
 
 async def compare(contenders: dict[str, Callable], *, repeat: int = 5, progress: bool = True,
-                  rows: int | None = None, before: Callable | None = None) -> pd.DataFrame:
+                  rows: int | None = None, before: Callable | None = None,
+                  until: Callable[[pd.DataFrame], bool] | None = None, most: int | None = None,
+                  after: pd.DataFrame | None = None) -> pd.DataFrame:
     """Time each contender `repeat` times, interleaved so drift hits all alike; contenders may be async.
 
     `before` (untimed) runs before every sample, e.g. to empty the table a load fills. Returns one row
     per contender: median and min seconds per call, the samples, and with `rows` (rows handled per
     call) the median rows per second.
+
+    With `until`, a test of the returned frame: while it fails, `repeat` more rounds, up to `most`
+    samples per contender in all. On a busy machine other work only ever adds time to a sample, so
+    more samples bring the fastest ones down to the floor the lesson's claim is about; a claim about
+    floors that is false stays false however many are taken. `after`, a frame this function returned,
+    is continued: its samples count, its other contenders are kept as they were, and no round runs
+    while `until` holds on it.
     """
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    rounds = range(repeat)
-    if progress:
-        from .progress import progress as bar
+    if after is not None:
+        samples = {name: list(taken) for name, taken in after["samples"].items()} | {
+            name: list(after["samples"].get(name, [])) for name in contenders}
 
-        rounds = bar(rounds, desc="measuring", total=repeat)
-    for _ in rounds:
-        for name, fn in contenders.items():
-            if before is not None:
-                prepared = before()
-                if inspect.isawaitable(prepared):
-                    await prepared
-            started = time.perf_counter()
-            result = fn()
-            if inspect.isawaitable(result):
-                await result
-            samples[name].append(time.perf_counter() - started)
-    frame = pd.DataFrame({
-        "median_s": {n: statistics.median(s) for n, s in samples.items()},
-        "min_s": {n: min(s) for n, s in samples.items()},
-        "samples": samples,
-    })
-    if rows is not None:
-        frame["rows_per_s"] = rows / frame["median_s"]
-    return frame
+    def frame() -> pd.DataFrame:
+        result = pd.DataFrame({
+            "median_s": {n: statistics.median(s) for n, s in samples.items()},
+            "min_s": {n: min(s) for n, s in samples.items()},
+            "samples": samples,
+        })
+        if rows is not None:
+            result["rows_per_s"] = rows / result["median_s"]
+        return result
+
+    most = max(most or repeat, repeat)
+    first = after is None or until is None or not until(frame())
+    while first or (until is not None and min(len(samples[n]) for n in contenders) + repeat <= most
+                    and not until(frame())):
+        first = False
+        rounds = range(repeat)
+        if progress:
+            from .progress import progress as bar
+
+            rounds = bar(rounds, desc="measuring", total=repeat)
+        for _ in rounds:
+            for name, fn in contenders.items():
+                if before is not None:
+                    prepared = before()
+                    if inspect.isawaitable(prepared):
+                        await prepared
+                started = time.perf_counter()
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+                samples[name].append(time.perf_counter() - started)
+    return frame()
 
 
 MEASURE_MARK = "__pgcourse_measure__"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 
@@ -35,6 +36,44 @@ def test_compare_runs_before_untimed_ahead_of_every_sample():
                                       progress=False, before=slow_reset))
     assert calls == ["reset", "a", "reset", "b"] * 2
     assert (frame["median_s"] < 0.1).all()  # the reset's sleep is not timed
+
+
+def busy_then_quiet(busy_calls: int, busy_s: float = 0.03):
+    """A contender whose first calls are slowed down, as other work on a busy machine slows them."""
+    calls = []
+
+    def run():
+        calls.append(1)
+        time.sleep(busy_s if len(calls) <= busy_calls else 0.001)
+    return run, calls
+
+
+def test_compare_until_measures_more_while_the_floor_is_hidden_by_a_busy_machine():
+    run, calls = busy_then_quiet(busy_calls=5)
+    frame = asyncio.run(bench.compare({"a": run}, repeat=5, progress=False, most=20,
+                                      until=lambda f: f.loc["a", "min_s"] < 0.015))
+    assert len(calls) == 10 and len(frame.loc["a", "samples"]) == 10  # one more round found the floor
+    assert frame.loc["a", "min_s"] < 0.015 and frame.loc["a", "median_s"] >= 0.001
+
+
+def test_compare_until_stops_at_most_when_the_claim_is_false():
+    run, calls = busy_then_quiet(busy_calls=100)  # never quiet: the floor really is 30 ms
+    frame = asyncio.run(bench.compare({"a": run}, repeat=5, progress=False, most=15,
+                                      until=lambda f: f.loc["a", "min_s"] < 0.015))
+    assert len(calls) == 15 and frame.loc["a", "min_s"] >= 0.03  # more samples did not make it true
+
+
+def test_compare_continues_an_earlier_frame_and_keeps_its_other_contenders():
+    run, calls = busy_then_quiet(busy_calls=0)
+    earlier = asyncio.run(bench.compare({"a": run, "b": run}, repeat=3, progress=False))
+    assert len(calls) == 6
+    kept = asyncio.run(bench.compare({"a": run}, repeat=3, progress=False, after=earlier, most=9,
+                                     until=lambda f: f.loc["a", "min_s"] < 0.015))
+    assert len(calls) == 6 and kept.equals(earlier)  # the claim held on what was measured: nothing ran
+    more = asyncio.run(bench.compare({"a": run}, repeat=3, progress=False, after=earlier, most=9,
+                                     until=lambda f: len(f.loc["a", "samples"]) >= 9))
+    assert len(calls) == 12 and len(more.loc["a", "samples"]) == 9 and len(more.loc["b", "samples"]) == 3
+    assert list(more.index) == ["a", "b"]
 
 
 def test_figures_carry_units_the_sanitizer_knows():
