@@ -29,10 +29,12 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +63,7 @@ KILL_MB = 400  # the child stops itself here, so that a fetchall answer does not
 STREAM_TIME_LIMIT = 120.0  # seconds; a streamed answer takes about ten (forty on a machine busy with other work)
 PACE_AFTER = 20.0  # from then on, a child whose pace projects more than PACE_LIMIT seconds is stopped early
 PACE_LIMIT = 480.0
+TRIPS_PER_ROW = 0.1  # more round trips than one per 10 rows, on average, is one query or fetch per few rows
 TEMP_MB = 32  # temporary files a streamed answer may make the server write (it needs none; WITH HOLD writes ~120 MB)
 BUFFER_MARGIN = 4  # times the pages of events and its index: a streamed answer reads 1.6 to 2.1 times them
 MOVED = 1000  # the rows with ids 1..MOVED sit physically at the end of events
@@ -240,6 +243,97 @@ def _read(path: str, limit: int = 20_000_000) -> str:
     return ""
 
 
+class RoundTrips:
+    """A TCP forwarder between the learner's function and the server that counts round trips: each time
+    the client speaks after the server has, one more. A cursor that fetches one row per trip makes one
+    per row; a stream, COPY, or fetches of thousands make one per batch. Counting them tells the two
+    apart on any machine, however fast its round trips (a fast one streams a million one-row fetches in
+    under a minute, so their time alone cannot)."""
+
+    def __init__(self, url: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        from ..netlab import _route
+
+        self.url, self.trips, self._closing, self._thread = url, 0, False, None
+        params = conninfo_to_dict(url)
+        host, port = params.get("host") or "localhost", params.get("port") or "5432"
+        # Counted where the URL names one TCP host in its authority and the server's certificate is not
+        # checked against that name; elsewhere (a socket path, several hosts, verify-full) the time
+        # limits alone judge, as before.
+        if ("://" not in url or "host=" in url.partition("?")[2] or "," in host + port or host.startswith("/")
+                or params.get("sslmode") == "verify-full"):
+            return
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = _route(url, "127.0.0.1", self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="pgcourse round trips", daemon=True)
+
+    def __enter__(self) -> RoundTrips:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._closing = True
+            self._thread.join(5)
+            self._listener.close()
+
+    def _serve(self) -> None:
+        import selectors
+
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ, None)
+        peers: dict[socket.socket, socket.socket] = {}
+        spoke_last: dict[socket.socket, bool] = {}  # per client socket: did the server speak last?
+        try:
+            while not self._closing:
+                for key, _ in selector.select(0.1):
+                    sock = key.fileobj
+                    if key.data is None:  # a new client
+                        client, _ = sock.accept()
+                        try:
+                            server = socket.create_connection(self._target, timeout=10)
+                        except OSError:
+                            client.close()
+                            continue
+                        for one, other, side in ((client, server, "client"), (server, client, "server")):
+                            one.setblocking(True)
+                            one.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a small fetch goes at once
+                            peers[one] = other
+                            selector.register(one, selectors.EVENT_READ, side)
+                        spoke_last[client] = True
+                        continue
+                    try:
+                        data = sock.recv(1 << 18)
+                    except OSError:
+                        data = b""
+                    other = peers.get(sock)
+                    if not data or other is None:
+                        for end in (sock, other):
+                            if end is not None and end in peers:
+                                selector.unregister(end)
+                                peers.pop(end, None)
+                                spoke_last.pop(end, None)
+                                end.close()
+                        continue
+                    if key.data == "client":
+                        if spoke_last[sock]:
+                            self.trips += 1
+                        spoke_last[sock] = False
+                    else:
+                        spoke_last[other] = True
+                    try:
+                        other.sendall(data)
+                    except OSError:
+                        pass
+        finally:
+            for end in list(peers):
+                end.close()
+            selector.close()
+
+
 def _run_in_child(fn, body: str, tag: str, rows: int) -> dict:
     """Run the learner's function in a fresh interpreter, within the time limit; what happened there."""
     try:
@@ -248,9 +342,10 @@ def _run_in_child(fn, body: str, tag: str, rows: int) -> dict:
         raise CheckFailed("The check could not find the source of your function to run it in a fresh process.",
                           "define it with `def` (or `async def`) in a notebook cell, and run that cell") from None
     script = CHILD + "\n" + source + "\n" + body.format(name=fn.__name__)
-    with learner_env(tag) as tagged, tempfile.TemporaryDirectory(prefix="pgcourse-check-") as tmp:
+    with (learner_env(tag) as tagged, tempfile.TemporaryDirectory(prefix="pgcourse-check-") as tmp,
+          RoundTrips(tagged) as trips):
         report, progress, log, out, err = (os.path.join(tmp, n) for n in ("report", "progress", "log", "out", "err"))
-        env = {**os.environ, "DATABASE_URL": tagged, "PGAPPNAME": tag}
+        env = {**os.environ, "DATABASE_URL": trips.url, "PGAPPNAME": tag}
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             child = subprocess.Popen([sys.executable, "-c", script, report, progress, log, str(KILL_MB)],
                                      stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
@@ -265,6 +360,8 @@ def _run_in_child(fn, body: str, tag: str, rows: int) -> dict:
             done = json.loads(_read(progress) or '{"rows": 0}')["rows"]
             if elapsed > STREAM_TIME_LIMIT:
                 stopped = {"why": "limit", "rows": done, "seconds": elapsed}
+            elif trips.trips > TRIPS_PER_ROW * rows:
+                stopped = {"why": "trips", "rows": done, "seconds": elapsed, "trips": trips.trips}
             elif elapsed > PACE_AFTER and done and elapsed * rows / done > PACE_LIMIT:
                 stopped = {"why": "pace", "rows": done, "seconds": elapsed, "projected": elapsed * rows / done}
             if stopped:
@@ -272,8 +369,10 @@ def _run_in_child(fn, body: str, tag: str, rows: int) -> dict:
                 child.wait()
                 stop_sessions(tag)
                 break
+        if not stopped and trips.trips > TRIPS_PER_ROW * rows:  # it finished before the counter was read
+            stopped = {"why": "trips", "rows": rows, "seconds": time.monotonic() - started, "trips": trips.trips}
         return {"stopped": stopped, "returncode": child.returncode, "report": json.loads(_read(report) or "null"),
-                "stdout": _read(out), "stderr": _read(err), "logged": _read(log)}
+                "stdout": _read(out), "stderr": _read(err), "logged": _read(log), "url": trips.url}
 
 
 def _moved_to_the_end(observer: psycopg.Connection) -> None:
@@ -296,6 +395,7 @@ def _stream(exercise: int, fn, body: str, transaction_hint: str) -> dict:
                                  ).fetchone()[0]
         temp_before, blocks_before = observer.execute(STATS).fetchone()
         got = _run_in_child(fn, body, tag, rows)
+        secrets = sorted(set(secrets) | set(secrets_in(got["url"])))  # the URL it was given leads through the counter
         wait_for_sessions_to_end(observer, tag, 10)
         after = observer.execute(STATS).fetchone()
         for _ in range(10):  # a session's statistics reach the database's a moment after it ends
@@ -309,6 +409,14 @@ def _stream(exercise: int, fn, body: str, transaction_hint: str) -> dict:
     _echo(got["stdout"], sys.stdout, secrets)
     _echo(got["stderr"], sys.stderr, secrets)
     stopped, seen = got["stopped"], got["report"]
+    if stopped and stopped["why"] == "trips":
+        raise CheckFailed(f"{call_text} made {stopped['trips']:,} round trips to the server for the first"
+                          f" {stopped['rows']:,} of {rows:,} rows, about {stopped['rows'] / stopped['trips']:,.1f} row(s)"
+                          f" per round trip; the check stopped it at {TRIPS_PER_ROW * rows:,.0f} (one per"
+                          f" {1 / TRIPS_PER_ROW:.0f} rows). Every round trip waits for the network: with the server"
+                          " across one, a million of them take many minutes.",
+                          "fetch rows in batches of hundreds or thousands per round trip (itersize, prefetch),"
+                          " not one at a time, and do not start a new query for each page")
     if stopped:
         done = f"it had handed {stopped['rows']:,} of {rows:,} rows to handle()"
         if stopped["rows"]:
