@@ -281,57 +281,51 @@ class RoundTrips:
             self._listener.close()
 
     def _serve(self) -> None:
-        import selectors
-
-        selector = selectors.DefaultSelector()
-        selector.register(self._listener, selectors.EVENT_READ, None)
-        peers: dict[socket.socket, socket.socket] = {}
-        spoke_last: dict[socket.socket, bool] = {}  # per client socket: did the server speak last?
+        """Accept clients; each gets two pumps, one per direction, so that one stalled direction (a client
+        busy with a batch) never holds up another (its other connection's query)."""
+        links: list[socket.socket] = []
+        self._listener.settimeout(0.1)
         try:
             while not self._closing:
-                for key, _ in selector.select(0.1):
-                    sock = key.fileobj
-                    if key.data is None:  # a new client
-                        client, _ = sock.accept()
-                        try:
-                            server = socket.create_connection(self._target, timeout=10)
-                        except OSError:
-                            client.close()
-                            continue
-                        for one, other, side in ((client, server, "client"), (server, client, "server")):
-                            one.setblocking(True)
-                            one.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a small fetch goes at once
-                            peers[one] = other
-                            selector.register(one, selectors.EVENT_READ, side)
-                        spoke_last[client] = True
-                        continue
-                    try:
-                        data = sock.recv(1 << 18)
-                    except OSError:
-                        data = b""
-                    other = peers.get(sock)
-                    if not data or other is None:
-                        for end in (sock, other):
-                            if end is not None and end in peers:
-                                selector.unregister(end)
-                                peers.pop(end, None)
-                                spoke_last.pop(end, None)
-                                end.close()
-                        continue
-                    if key.data == "client":
-                        if spoke_last[sock]:
-                            self.trips += 1
-                        spoke_last[sock] = False
-                    else:
-                        spoke_last[other] = True
-                    try:
-                        other.sendall(data)
-                    except OSError:
-                        pass
+                try:
+                    client, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                try:
+                    server = socket.create_connection(self._target, timeout=10)
+                except OSError:
+                    client.close()
+                    continue
+                server_spoke = [True]  # per link: did the server speak last?
+                for end in (client, server):
+                    end.settimeout(None)
+                    end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a small fetch goes at once
+                    links.append(end)
+                for source, sink, from_client in ((client, server, True), (server, client, False)):
+                    threading.Thread(target=self._pump, args=(source, sink, from_client, server_spoke),
+                                     name="pgcourse round trips", daemon=True).start()
         finally:
-            for end in list(peers):
+            for end in links:
                 end.close()
-            selector.close()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool, server_spoke: list) -> None:
+        try:
+            while data := source.recv(1 << 18):
+                if from_client:
+                    if server_spoke[0]:
+                        self.trips += 1
+                    server_spoke[0] = False
+                else:
+                    server_spoke[0] = True
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:  # one side ended: end the link
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
 
 
 def _run_in_child(fn, body: str, tag: str, rows: int) -> dict:
@@ -410,11 +404,11 @@ def _stream(exercise: int, fn, body: str, transaction_hint: str) -> dict:
     _echo(got["stderr"], sys.stderr, secrets)
     stopped, seen = got["stopped"], got["report"]
     if stopped and stopped["why"] == "trips":
-        raise CheckFailed(f"{call_text} made {stopped['trips']:,} round trips to the server for the first"
-                          f" {stopped['rows']:,} of {rows:,} rows, about {stopped['rows'] / stopped['trips']:,.1f} row(s)"
-                          f" per round trip; the check stopped it at {TRIPS_PER_ROW * rows:,.0f} (one per"
-                          f" {1 / TRIPS_PER_ROW:.0f} rows). Every round trip waits for the network: with the server"
-                          " across one, a million of them take many minutes.",
+        raise CheckFailed(f"{call_text} made {stopped['trips']:,} round trips to the server, more than one per"
+                          f" {1 / TRIPS_PER_ROW:.0f} rows of the table's {rows:,} ({TRIPS_PER_ROW * rows:,.0f}): the"
+                          f" check stopped it there, when {stopped['rows']:,} rows had reached handle(). Every round"
+                          " trip waits for the network: with the server across one, a row or a few per trip take"
+                          " many minutes for a million rows.",
                           "fetch rows in batches of hundreds or thousands per round trip (itersize, prefetch),"
                           " not one at a time, and do not start a new query for each page")
     if stopped:
