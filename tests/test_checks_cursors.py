@@ -169,6 +169,18 @@ def stream_hold_in_transaction(conn, handle):  # WITH HOLD, but closed before th
             handle(row)
 
 
+def stream_with_lookups_on_a_second_connection(conn, handle):  # queries while the stream's rows wait unread
+    import os
+
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as other:
+        for n, row in enumerate(conn.cursor().stream("SELECT id, customer_id, kind, payload FROM events ORDER BY id")):
+            if n % 100_000 == 0:
+                other.execute("SELECT 1").fetchone()
+            handle(row)
+
+
 def stream_keyset_pages(conn, handle):  # pages by key: bounded, and each page is found by the index
     last = 0
     while rows := conn.execute("SELECT id, customer_id, kind, payload FROM events WHERE id > %s ORDER BY id"
@@ -205,7 +217,7 @@ def test_stream_passes_named_cursors_and_stream_and_stops_the_stub(capsys):
 
 
 @pytest.mark.parametrize("right", [stream_hold_in_transaction, stream_keyset_pages, stream_copy,
-                                   stream_own_connection_namedtuples])
+                                   stream_own_connection_namedtuples, stream_with_lookups_on_a_second_connection])
 def test_stream_accepts(right, capsys):
     checks.stream_events(right)
     assert "Exercise 1 passed" in capsys.readouterr().out
