@@ -98,32 +98,34 @@ def _exercise() -> Iterator[_Exercise]:
     url = database_url()
     tag = new_tag(5)
     workdir = Path(tempfile.mkdtemp(prefix="exercise05-"))
-    with check_connect(url, autocommit=True) as admin:
-        admin.execute("SET lock_timeout = '10s'")  # a session of the learner's own may still hold exercise05
-        try:
-            admin.execute(TABLES)
-        except psycopg.errors.LockNotAvailable:
-            raise CheckFailed("Another session holds a lock on the check's schema exercise05, so the check could not"
-                              " set it up.", "close the connections you opened to try your function by hand (or"
-                              " restart the kernel), then run the check again") from None
-        ex = None
-        try:
-            with learner_env(tag, url) as tagged:
-                ex = _Exercise(admin, workdir, tag, tagged)
-                try:
-                    yield ex
-                except psycopg.Error as exc:  # the learner's errors are judged where they happen: this is the check's
-                    first = _first_line(exc)
-                    raise CheckFailed(f"After your function ran, the check could not read its tables in exercise05"
-                                      f" ({type(exc).__name__}: {first}).",
-                                      "leave the exercise's tables as they are (no DROP or ALTER); the check builds"
-                                      " them afresh on every run") from None
-        finally:
-            for conn in ex.conns if ex else ():
-                conn.close()
-            with contextlib.suppress(psycopg.Error):
-                admin.execute("DROP SCHEMA IF EXISTS exercise05 CASCADE")
-            shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with check_connect(url, autocommit=True) as admin:
+            admin.execute("SET lock_timeout = '10s'")  # a session of the learner's own may still hold exercise05
+            try:
+                admin.execute(TABLES)
+            except psycopg.errors.LockNotAvailable:
+                raise CheckFailed("Another session holds a lock on the check's schema exercise05, so the check could not"
+                                  " set it up.", "close the connections you opened to try your function by hand (or"
+                                  " restart the kernel), then run the check again") from None
+            ex = None
+            try:
+                with learner_env(tag, url) as tagged:
+                    ex = _Exercise(admin, workdir, tag, tagged)
+                    try:
+                        yield ex
+                    except psycopg.Error as exc:  # the learner's errors are judged where they happen: this is the check's
+                        first = _first_line(exc)
+                        raise CheckFailed(f"After your function ran, the check could not read its tables in exercise05"
+                                          f" ({type(exc).__name__}: {first}).",
+                                          "leave the exercise's tables as they are (no DROP or ALTER); the check builds"
+                                          " them afresh on every run") from None
+            finally:
+                for conn in ex.conns if ex else ():
+                    conn.close()
+                with contextlib.suppress(psycopg.Error):
+                    admin.execute("DROP SCHEMA IF EXISTS exercise05 CASCADE")
+    finally:  # also when the set-up fails (a lock held on the schema): nothing left in the temp folder
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class _Wire:
