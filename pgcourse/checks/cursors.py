@@ -255,7 +255,8 @@ class RoundTrips:
 
         from ..netlab import _route
 
-        self.url, self.trips, self._closing, self._thread = url, 0, False, None
+        self.url, self._closing, self._thread = url, False, None
+        self._counts: list[list[int]] = []  # per link, written by its client-side pump alone: no lost count
         params = conninfo_to_dict(url)
         host, port = params.get("host") or "localhost", params.get("port") or "5432"
         # Counted where the URL names one TCP host in its authority and the server's certificate is not
@@ -298,24 +299,30 @@ class RoundTrips:
                 except OSError:
                     client.close()
                     continue
-                server_spoke = [True]  # per link: did the server speak last?
+                server_spoke, count = [True], [0]  # per link: did the server speak last? its round trips
+                self._counts.append(count)
                 for end in (client, server):
                     end.settimeout(None)
                     end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a small fetch goes at once
                     links.append(end)
                 for source, sink, from_client in ((client, server, True), (server, client, False)):
-                    threading.Thread(target=self._pump, args=(source, sink, from_client, server_spoke),
+                    threading.Thread(target=self._pump, args=(source, sink, from_client, server_spoke, count),
                                      name="pgcourse round trips", daemon=True).start()
         finally:
             for end in links:
                 end.close()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool, server_spoke: list) -> None:
+    @property
+    def trips(self) -> int:
+        return sum(count[0] for count in self._counts)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool, server_spoke: list,
+              count: list) -> None:
         try:
             while data := source.recv(1 << 18):
                 if from_client:
                     if server_spoke[0]:
-                        self.trips += 1
+                        count[0] += 1
                     server_spoke[0] = False
                 else:
                     server_spoke[0] = True
